@@ -1,0 +1,174 @@
+"""Validated configurations of a trial and of an eta* search.
+
+Every field is one of the paper's settings or one of our documented choices (see README,
+"Method"). Construction validates every value and raises one clear ``ValueError`` naming the
+parameter, the value and the allowed range, so a sweep fed a bad configuration fails before
+it computes anything.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import numbers
+from dataclasses import asdict, dataclass, field, fields
+
+from .data import CHANCE_ACCURACY, DATASETS, DEFAULT_THRESHOLDS
+
+__all__ = ["TrialConfig", "SearchConfig", "config_key", "check_int", "check_float"]
+
+DTYPES = ("float32", "float64")
+
+
+def check_int(name: str, value, lo: int = 1, hi: int | None = None) -> int:
+    """``value`` as an int in ``[lo, hi]``, else ``TypeError``/``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise TypeError(f"{name}={value!r} must be an integer >= {lo}")
+    value = int(value)
+    if value < lo or (hi is not None and value > hi):
+        rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ValueError(f"{name}={value} must be an integer {rng}")
+    return value
+
+
+def check_float(
+    name: str, value, lo: float = -math.inf, hi: float = math.inf, lo_open=False, hi_open=False
+) -> float:
+    """``value`` as a finite float in the interval, else ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}={value!r} must be a real number")
+    value = float(value)
+    bad = (
+        not math.isfinite(value)
+        or (value <= lo if lo_open else value < lo)
+        or (value >= hi if hi_open else value > hi)
+    )
+    if bad:
+        lb = "(" if lo_open else "["
+        rb = ")" if hi_open else "]"
+        raise ValueError(f"{name}={value!r} must be a finite number in {lb}{lo}, {hi}{rb}")
+    return value
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Rules of one trial (one training run at one learning rate and one seed).
+
+    dataset: data set name (see :data:`milr.data.DATASETS`).
+    depth: d, number of hidden layers, >= 1.
+    width: w, units per hidden layer, >= 1.
+    threshold: t, validation accuracy that counts as success, chance < t < 1. ``None`` means
+        the data set's default (paper: MNIST 0.925, CIFAR-10 0.34; ours: Fashion-MNIST 0.75,
+        Gaussian 0.90).
+    batch_size: B, minibatch size of SGD (our choice, default 64).
+    step_budget: SGD steps before a trial that has not reached t fails (our choice, default
+        400, about 0.43 epoch of Fashion-MNIST at B = 64).
+    eval_every: validation accuracy is measured every this many steps and after the last one
+        (our choice, default 25).
+    n_val: size of the fixed validation subset used for accuracy (our choice, 1000: the first
+        n_val of a seed-0 permutation of the validation split, the same for every trial).
+    input_lr_scale: the input layer trains at ``input_lr_scale * eta`` (paper's condition
+        (ii); our default 0.01; 0 freezes the input layer), in [0, 1].
+    blowup_factor: divergence rule (our choice): a trial fails as diverged as soon as a batch
+        loss exceeds ``blowup_factor`` x the initial batch loss, or any loss or parameter is
+        non-finite (NaN or +/-inf). Default 100.
+    dtype: ``"float32"`` or ``"float64"``.
+    """
+
+    dataset: str
+    depth: int
+    width: int
+    threshold: float | None = None
+    batch_size: int = 64
+    step_budget: int = 400
+    eval_every: int = 25
+    n_val: int = 1000
+    input_lr_scale: float = 0.01
+    blowup_factor: float = 100.0
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.dataset not in DATASETS:
+            raise ValueError(
+                f"dataset={self.dataset!r} is not known; allowed: {', '.join(DATASETS)}"
+            )
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
+        set_("depth", check_int("depth", self.depth))
+        set_("width", check_int("width", self.width))
+        t = DEFAULT_THRESHOLDS[self.dataset] if self.threshold is None else self.threshold
+        chance = CHANCE_ACCURACY[self.dataset]
+        set_("threshold", check_float(f"threshold (chance for {self.dataset} is {chance})",
+                                      t, chance, 1.0, lo_open=True, hi_open=True))
+        set_("batch_size", check_int("batch_size", self.batch_size))
+        set_("step_budget", check_int("step_budget", self.step_budget))
+        set_("eval_every", check_int("eval_every", self.eval_every))
+        set_("n_val", check_int("n_val", self.n_val))
+        set_("input_lr_scale", check_float("input_lr_scale", self.input_lr_scale, 0.0, 1.0))
+        set_("blowup_factor", check_float("blowup_factor", self.blowup_factor, 1.0,
+                                          lo_open=True))
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype={self.dtype!r} must be one of {DTYPES}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Rules of the eta* search (all our choices; the paper's Algorithm 1 gives the idea).
+
+    eta_lo, eta_hi: initial bracket [l, u], 0 < l < u (default [1e-3, 30]).
+    tol: stop when u / l <= 1 + tol (default 0.1, i.e. eta* known to within 10 %).
+    scan_factor: ratio between consecutive points of the coarse geometric scan that first
+        looks for a successful eta (default 4; see DESIGN: success is not monotone in eta).
+    scan: ``"top-down"`` scans from u downwards and stops at the first success (cheap:
+        high rates diverge fast); ``"full"`` tries every scan point, which also reports
+        eta_min and flags outcomes that are not an interval.
+    max_expand: how many times u may be multiplied by ``scan_factor`` when u itself succeeds.
+    max_trials: hard cap on trials per search.
+    method: ``"bisect"`` (sequential, Algorithm 1) or ``"batched"`` (see milr.batched).
+    """
+
+    eta_lo: float = 1e-3
+    eta_hi: float = 30.0
+    tol: float = 0.1
+    scan_factor: float = 4.0
+    scan: str = "top-down"
+    max_expand: int = 4
+    max_trials: int = 60
+    method: str = "bisect"
+
+    def __post_init__(self):
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
+        set_("eta_lo", check_float("eta_lo", self.eta_lo, 0.0, lo_open=True))
+        set_("eta_hi", check_float("eta_hi", self.eta_hi, 0.0, lo_open=True))
+        if not self.eta_hi > self.eta_lo:
+            raise ValueError(f"eta_hi={self.eta_hi} must be > eta_lo={self.eta_lo}")
+        set_("tol", check_float("tol", self.tol, 0.0, 10.0, lo_open=True))
+        set_("scan_factor", check_float("scan_factor", self.scan_factor, 1.0, lo_open=True))
+        if self.scan not in ("top-down", "full"):
+            raise ValueError(f"scan={self.scan!r} must be 'top-down' or 'full'")
+        set_("max_expand", check_int("max_expand", self.max_expand, 0))
+        set_("max_trials", check_int("max_trials", self.max_trials, 2))
+        if self.method not in ("bisect", "batched"):
+            raise ValueError(f"method={self.method!r} must be 'bisect' or 'batched'")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def config_key(kind: str, config: dict) -> str:
+    """Stable key of a result: sha256 of the canonical JSON of ``(kind, config)``, 20 hex chars.
+
+    A pure function of the configuration (Cohen et al.'s edge-of-stability code keys results
+    the same way), so a sweep can be stopped and resumed without losing work.
+    """
+    blob = json.dumps({"kind": kind, "config": config}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def field_names(cls) -> list[str]:
+    return [f.name for f in fields(cls)]

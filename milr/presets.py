@@ -1,0 +1,47 @@
+"""Named sweep grids. ``quick`` fits this project's 2-core CPU budget; ``paper`` is larger
+(more depths, widths and seeds, a full epoch) and meant for a GPU; ``smoke`` is for tests.
+
+All grids keep only networks with width >= depth. Every value here is our choice.
+"""
+from __future__ import annotations
+
+import copy
+
+__all__ = ["PRESETS", "get_preset"]
+
+PRESETS: dict[str, dict] = {
+    "quick": {
+        "datasets": ["fashion-mnist", "gaussian"],
+        "depths": [1, 2, 4, 8],
+        "widths": [32, 64, 128, 256, 512, 1024],
+        "seeds": [0, 1, 2],
+        "trial": {"batch_size": 64, "step_budget": 400, "eval_every": 25, "n_val": 1000,
+                  "input_lr_scale": 0.01},
+        "search": {"eta_lo": 1e-3, "eta_hi": 30.0, "tol": 0.1, "scan_factor": 4.0},
+    },
+    "paper": {
+        "datasets": ["fashion-mnist", "gaussian", "mnist", "cifar10"],
+        "depths": [1, 2, 4, 8, 16],
+        "widths": [32, 64, 128, 256, 512, 1024, 2048],
+        "seeds": [0, 1, 2, 3, 4],
+        "trial": {"batch_size": 64, "step_budget": 938, "eval_every": 25, "n_val": 10000,
+                  "input_lr_scale": 0.01},
+        "search": {"eta_lo": 1e-4, "eta_hi": 30.0, "tol": 0.05, "scan_factor": 4.0},
+    },
+    "smoke": {
+        "datasets": ["gaussian"],
+        "depths": [1, 2],
+        "widths": [16, 32],
+        "seeds": [0],
+        "trial": {"batch_size": 64, "step_budget": 60, "eval_every": 20, "n_val": 200,
+                  "input_lr_scale": 0.01, "threshold": 0.85},
+        "search": {"eta_lo": 1e-2, "eta_hi": 30.0, "tol": 0.5, "scan_factor": 8.0},
+    },
+}
+
+
+def get_preset(name: str) -> dict:
+    """A deep copy of preset ``name``; ``ValueError`` lists the known names."""
+    if name not in PRESETS:
+        raise ValueError(f"preset={name!r} is not known; allowed: {', '.join(PRESETS)}")
+    return copy.deepcopy(PRESETS[name])
