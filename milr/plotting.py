@@ -1,0 +1,96 @@
+"""Shared figure style: one place for colours, fonts and deterministic figure files."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+__all__ = ["use_style", "depth_color", "DEPTH_COLORS", "savefig", "DATASET_LABELS",
+           "plot_power_law_panel", "FIGURES_DIR"]
+
+FIGURES_DIR = Path(__file__).resolve().parent.parent / "figures"
+
+#: Same depth -> same colour in every figure (colour-blind-safe, ordered light to dark).
+DEPTH_COLORS = {
+    1: "#fdb863", 2: "#e66101", 4: "#b2abd2", 8: "#5e3c99", 16: "#1b7837", 32: "#000000",
+}
+_EXTRA = ["#a6dba0", "#762a83", "#999999"]
+
+DATASET_LABELS = {
+    "fashion-mnist": "Fashion-MNIST",
+    "mnist": "MNIST",
+    "cifar10": "CIFAR-10",
+    "gaussian": "Two Gaussians",
+}
+
+STYLE = {
+    "figure.dpi": 110,
+    "savefig.dpi": 150,
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "legend.fontsize": 7.5,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "grid.linewidth": 0.5,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "savefig.bbox": "tight",
+    "pdf.fonttype": 42,
+    "svg.hashsalt": "milr",
+}
+
+
+def use_style() -> None:
+    """Apply the project's matplotlib style (call once at the top of a notebook)."""
+    matplotlib.rcParams.update(STYLE)
+
+
+def depth_color(depth: int) -> str:
+    """The colour of depth ``depth`` (consistent across every figure)."""
+    if depth in DEPTH_COLORS:
+        return DEPTH_COLORS[depth]
+    return _EXTRA[int(math.log2(max(depth, 1))) % len(_EXTRA)]
+
+
+def savefig(fig, name: str, directory: str | Path | None = None) -> list[Path]:
+    """Save ``fig`` as ``<directory>/<name>.png`` and ``.pdf`` with deterministic metadata.
+
+    No creation date and no software version are embedded, so an unchanged figure gives a
+    byte-identical file (our choice; see showyourwork's cached rules). Returns the two paths.
+    """
+    directory = FIGURES_DIR if directory is None else Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ext, meta in (("png", {"Software": None}),
+                      ("pdf", {"Creator": None, "Producer": None, "CreationDate": None})):
+        p = directory / f"{name}.{ext}"
+        fig.savefig(p, metadata=meta)
+        paths.append(p)
+    return paths
+
+
+def plot_power_law_panel(ax, df, x: str, y: str, fit=None, hue: str = "depth",
+                         xlabel: str | None = None, ylabel: str | None = None,
+                         fit_label: str = "fit") -> None:
+    """Log-log scatter of ``df[y]`` against ``df[x]``: one colour per depth, seeds as points
+    with their median marked, and the fitted power law (a :class:`milr.fit.PowerLawFit`) as
+    a line whose legend carries alpha +/- interval and R^2.
+    """
+    d = df[np.isfinite(df[y].astype(float)) & (df[y].astype(float) > 0)]
+    for h, g in d.groupby(hue):
+        c = depth_color(int(h))
+        ax.scatter(g[x], g[y], s=10, alpha=0.45, color=c, linewidths=0)
+        med = g.groupby(x)[y].median()
+        ax.plot(med.index, med.values, "o-", ms=4, lw=1, color=c, label=f"{hue} {h}")
+    if fit is not None and math.isfinite(fit.alpha):
+        xs = np.geomspace(d[x].min(), d[x].max(), 50)
+        ax.plot(xs, fit.predict(xs), "k--", lw=1.2, label=f"{fit_label}: {fit.label()}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel or x)
+    ax.set_ylabel(ylabel or y)
