@@ -33,8 +33,8 @@ PRESETS: dict[str, dict] = {
         "depths": [1, 2],
         "widths": [16, 32],
         "seeds": [0],
-        "trial": {"batch_size": 64, "step_budget": 60, "eval_every": 20, "n_val": 200,
-                  "input_lr_scale": 0.01, "threshold": 0.85},
+        "trial": {"batch_size": 64, "step_budget": 100, "eval_every": 20, "n_val": 200,
+                  "input_lr_scale": 0.1, "threshold": 0.85},
         "search": {"eta_lo": 1e-2, "eta_hi": 30.0, "tol": 0.5, "scan_factor": 8.0},
     },
 }

@@ -1,0 +1,54 @@
+"""Power-law fit on synthetic data with a known exponent."""
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+from milr.fit import fit_power_law
+
+
+def test_recovers_known_alpha_from_noisy_points():
+    rng = np.random.default_rng(1)
+    x = np.repeat(np.geomspace(32, 8192, 9), 3)
+    alpha, c = 0.8, 40.0
+    y = c * x ** -alpha * np.exp(0.1 * rng.standard_normal(x.size))
+    f = fit_power_law(x, y, n_boot=500)
+    assert f.alpha == pytest.approx(alpha, abs=0.05)
+    assert f.c == pytest.approx(c, rel=0.3)
+    assert f.alpha_lo < alpha < f.alpha_hi
+    assert f.alpha_hi - f.alpha_lo < 0.2
+    assert f.r2 > 0.95 and f.n_used == x.size and f.n_dropped == 0
+
+
+def test_exact_power_law_closed_form():
+    x = np.array([1.0, 10.0, 100.0])
+    f = fit_power_law(x, 3.0 * x ** -1.5, n_boot=50)
+    assert f.alpha == pytest.approx(1.5, abs=1e-12)
+    assert f.log_c == pytest.approx(math.log(3.0), abs=1e-12)
+    assert f.r2 == pytest.approx(1.0)
+    np.testing.assert_allclose(f.predict([1000.0]), 3.0 * 1000.0 ** -1.5)
+
+
+def test_bad_points_dropped_and_reported_not_crash():
+    x = np.array([10, 20, 40, 80, 0, -1, 160, np.nan])
+    y = np.array([1.0, 0.5, 0.25, np.nan, 1.0, 1.0, 0.0625, 1.0])
+    with pytest.warns(RuntimeWarning, match="dropped 4"):
+        f = fit_power_law(x, y, n_boot=100)
+    assert f.n_dropped == 4 and f.n_used == 4
+    assert f.alpha == pytest.approx(1.0, abs=1e-9)
+
+
+def test_too_few_points_gives_nan_not_error():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        f = fit_power_law([1.0, np.nan], [1.0, 2.0])
+    assert math.isnan(f.alpha) and f.n_used == 1
+    assert math.isnan(fit_power_law([2.0, 2.0], [1.0, 3.0]).alpha)
+
+
+def test_fit_input_errors():
+    with pytest.raises(ValueError, match="same length"):
+        fit_power_law([1, 2], [1])
+    with pytest.raises(ValueError, match="ci"):
+        fit_power_law([1, 2], [1, 2], ci=1.5)
