@@ -1,23 +1,46 @@
 """The results cache: one JSON record per (configuration, seed), keyed by the configuration.
 
-Layout: ``<root>/<kind>/<key>.json`` where ``key = config_key(kind, config)`` is a pure
-function of the configuration (seed included). Each record holds the configuration that
-produced it, the result, and metadata (code version, library versions, hardware, date, wall
-time). Writes are atomic (temporary file in the same directory, fsync, ``os.replace``), so a
-crash never leaves a half-written record, and two writers of the same record cannot corrupt
-it. Records are plain JSON: nothing read from disk is unpickled.
+Layout under ``root``::
+
+    <kind>/<key>.json                 one finished result (``key = config_key(kind, config)``)
+    <kind>/failed/<key>.json          why the last attempt at that configuration failed
+    <kind>/corrupt/<key>.<n>.json     unreadable records moved aside before a rewrite
+
+``key`` is a pure function of the configuration (seed included; Cohen et al.'s
+edge-of-stability code keys results the same way), so a sweep can be stopped and resumed
+without losing work. Each record holds the configuration that produced it, the result,
+metadata (code version, library versions, device, hardware, date, wall time) and a sha256
+checksum of all of these.
+
+Guarantees (our design, tested in ``tests/test_store.py``):
+
+* Writes are atomic: a temporary file in the same directory, ``fsync``, then ``os.replace``.
+  A crash or ``SIGKILL`` never leaves a half-written record, and two processes writing the
+  same record at once leave one complete record (the last one), never a mixture.
+* A record is only ever returned for exactly the configuration asked for: its key, its stored
+  configuration and its checksum are all checked on every read.
+* A record that cannot be parsed, fails its checksum or does not match its key is reported
+  (``CorruptRecordWarning`` with the path) and treated as missing; before it is rewritten it
+  is moved to ``<kind>/corrupt/`` and never silently replaced. A *valid* record of a
+  different configuration under the same key (a hash collision) is never overwritten: ``put``
+  raises :class:`StoreCollisionError`.
+* Records are strict JSON read with :func:`json.loads`: nothing read from disk is unpickled,
+  so a cache shared by someone else cannot run code.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import functools
+import hashlib
 import json
 import logging
 import math
 import os
 import platform
+import re
 import subprocess
 import tempfile
+import traceback as _traceback
 import warnings
 from pathlib import Path
 
@@ -25,21 +48,40 @@ import pandas as pd
 
 from .config import config_key
 
-__all__ = ["Store", "CorruptRecordWarning", "run_metadata", "code_version", "DEFAULT_ROOT"]
+__all__ = [
+    "Store",
+    "CorruptRecordWarning",
+    "StoreCollisionError",
+    "run_metadata",
+    "code_version",
+    "record_checksum",
+    "DEFAULT_ROOT",
+    "STATES",
+]
 
 log = logging.getLogger(__name__)
 
-SCHEMA = 1
+#: Record format. 1: the first format (no checksum, still read); 2: adds ``checksum``.
+SCHEMA = 2
+READABLE_SCHEMAS = (1, 2)
 DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "data" / "results"
+#: The state of one configuration in a store (see :meth:`Store.state`).
+STATES = ("done", "failed", "corrupt", "pending")
+_KIND_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 
 class CorruptRecordWarning(UserWarning):
-    """A record on disk could not be parsed or does not match its key; it is skipped."""
+    """A record on disk is unreadable or inconsistent; it is skipped (and never trusted)."""
+
+
+class StoreCollisionError(RuntimeError):
+    """A valid record of a *different* configuration already sits under the same key."""
 
 
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    """``milr <version>`` plus the git commit (``+dirty`` when the tree has changes)."""
+    """``milr <version>`` plus the git commit (``+dirty`` when ``milr/`` has changes)."""
     from . import __version__
 
     here = Path(__file__).resolve().parent.parent
@@ -68,17 +110,30 @@ def _cpu_name() -> str:
 
 
 def run_metadata(device: str = "cpu") -> dict:
-    """Provenance of a result: code version, library versions, hardware and date (UTC)."""
+    """Provenance of a result, computed in the process that produced it.
+
+    Keys: ``code_version``, ``torch``, ``numpy``, ``scipy``, ``python``, ``platform``,
+    ``device`` (the torch device string), ``hardware`` (CPU model, core count, torch threads,
+    GPU name and CUDA version on a GPU) and ``date`` (UTC, ISO 8601, seconds).
+    """
     import numpy
     import torch
 
+    try:
+        import scipy
+
+        scipy_version = scipy.__version__
+    except ImportError:  # pragma: no cover - scipy is a dependency
+        scipy_version = None
     hw = {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}
     if str(device).startswith("cuda") and torch.cuda.is_available():
         hw["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        hw["cuda"] = torch.version.cuda
     return {
         "code_version": code_version(),
         "torch": torch.__version__,
         "numpy": numpy.__version__,
+        "scipy": scipy_version,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "device": str(device),
@@ -88,61 +143,115 @@ def run_metadata(device: str = "cpu") -> dict:
 
 
 def _jsonable(x):
-    """JSON with NaN/inf encoded as strings (strict JSON has no NaN)."""
+    """JSON-ready copy: non-finite floats become ``{"__float__": "nan"|"inf"|"-inf"}``."""
     if isinstance(x, float) and not math.isfinite(x):
         return {"__float__": repr(x)}
     if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
+        return {str(k): _jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [_jsonable(v) for v in x]
-    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
+    if hasattr(x, "item") and not isinstance(x, (str, bytes)):  # numpy / torch scalars
         return _jsonable(x.item())
     return x
 
 
 def _unjsonable(x):
+    """Inverse of :func:`_jsonable`; ``ValueError`` on a malformed ``__float__`` marker."""
     if isinstance(x, dict):
         if set(x) == {"__float__"}:
-            return float(x["__float__"])
+            if x["__float__"] not in _NONFINITE:
+                raise ValueError(f"bad non-finite float marker {x['__float__']!r}")
+            return _NONFINITE[x["__float__"]]
         return {k: _unjsonable(v) for k, v in x.items()}
     if isinstance(x, list):
         return [_unjsonable(v) for v in x]
     return x
 
 
+def _canonical(x) -> str:
+    return json.dumps(x, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def record_checksum(record: dict) -> str:
+    """sha256 (hex) of a JSON-ready record's canonical JSON, its ``checksum`` field left out."""
+    body = {k: v for k, v in record.items() if k != "checksum"}
+    return hashlib.sha256(_canonical(body).encode()).hexdigest()
+
+
+def _check_kind(kind) -> str:
+    if not isinstance(kind, str) or not _KIND_RE.match(kind):
+        raise ValueError(
+            f"kind={kind!r} must be a lower-case identifier matching {_KIND_RE.pattern} "
+            "(e.g. 'eta_star', 'sharpness')"
+        )
+    return kind
+
+
+def _check_config(config) -> dict:
+    """A configuration must be a non-empty dict of JSON values with finite floats."""
+    if not isinstance(config, dict) or not config:
+        raise TypeError(f"config must be a non-empty dict, got {type(config).__name__}")
+
+    def walk(v, where):
+        if isinstance(v, dict):
+            for k, x in v.items():
+                if not isinstance(k, str):
+                    raise TypeError(f"config key {k!r} at {where} must be a string")
+                walk(x, f"{where}.{k}")
+        elif isinstance(v, (list, tuple)):
+            for i, x in enumerate(v):
+                walk(x, f"{where}[{i}]")
+        elif isinstance(v, float):
+            if not math.isfinite(v):
+                raise ValueError(f"config{where}={v!r} must be finite (it keys the record)")
+        elif v is not None and not isinstance(v, (str, int, bool)):
+            raise TypeError(f"config{where}={v!r} must be a JSON scalar, list or dict, not "
+                            f"{type(v).__name__}")
+
+    walk(config, "")
+    return config
+
+
 class Store:
     """A directory of JSON records. ``Store()`` uses the repository's ``data/results``.
 
-    Methods take ``kind`` (e.g. ``"eta_star"``, ``"sharpness"``) and ``config`` (a dict of
-    JSON scalars that fully determines the result, seed included).
+    Methods take ``kind`` (a lower-case identifier, e.g. ``"eta_star"``, ``"sharpness"``) and
+    ``config`` (a dict of JSON values, finite floats only, that fully determines the result,
+    seed included). See the module docstring for the layout and the guarantees.
+
+    Raises ``ValueError``/``TypeError`` for a bad ``kind`` or ``config`` (naming it).
     """
 
     def __init__(self, root: str | os.PathLike | None = None):
+        if root is not None and not isinstance(root, (str, os.PathLike)):
+            raise TypeError(f"root={root!r} must be a path (str or os.PathLike) or None")
         self.root = Path(DEFAULT_ROOT if root is None else root)
 
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r})"
+
+    # -- paths --------------------------------------------------------------------------------
     def path(self, kind: str, config: dict) -> Path:
         """Where the record of ``(kind, config)`` lives (a pure function of both)."""
-        return self.root / kind / f"{config_key(kind, config)}.json"
+        _check_kind(kind)
+        return self.root / kind / f"{config_key(kind, _check_config(config))}.json"
 
-    def put(self, kind: str, config: dict, result: dict, meta: dict | None = None) -> Path:
-        """Write one record atomically and return its path."""
-        path = self.path(kind, config)
+    def failure_path(self, kind: str, config: dict) -> Path:
+        """Where the failure note of ``(kind, config)`` lives (``<kind>/failed/<key>.json``)."""
+        p = self.path(kind, config)
+        return p.parent / "failed" / p.name
+
+    # -- writing ------------------------------------------------------------------------------
+    def _write_atomic(self, path: Path, record: dict) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        record = {
-            "schema": SCHEMA,
-            "kind": kind,
-            "key": path.stem,
-            "config": config,
-            "result": result,
-            "meta": meta or {},
-        }
-        text = json.dumps(_jsonable(record), indent=1, sort_keys=True, allow_nan=False)
+        text = json.dumps(record, indent=1, sort_keys=True, allow_nan=False)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "w") as fh:
                 fh.write(text + "\n")
                 fh.flush()
                 os.fsync(fh.fileno())
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shared cache must be readable
             os.replace(tmp, path)
         except BaseException:
             try:
@@ -150,40 +259,193 @@ class Store:
             except OSError:
                 pass
             raise
+        try:  # make the rename durable too (best effort: not every file system allows it)
+            dfd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError:
+            pass
+
+    def _make_record(self, kind, path, config, payload_name, payload, meta) -> dict:
+        record = _jsonable({
+            "schema": SCHEMA,
+            "kind": kind,
+            "key": path.stem,
+            "config": config,
+            payload_name: payload,
+            "meta": meta or {},
+        })
+        record["checksum"] = record_checksum(record)
+        return record
+
+    def quarantine(self, path: str | os.PathLike, reason: str = "") -> Path | None:
+        """Move an unreadable record to ``<kind>/corrupt/<key>.<n>.json`` and warn.
+
+        Returns the new path, or ``None`` if the file had already gone (another process
+        moved or rewrote it). The file is kept for inspection, never deleted.
+        """
+        path = Path(path)
+        dest_dir = path.parent / "corrupt"
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        for n in range(1, 10_000):
+            dest = dest_dir / f"{path.stem}.{n}.json"
+            if not dest.exists():
+                break
+        try:
+            os.rename(path, dest)
+        except FileNotFoundError:
+            return None
+        warnings.warn(f"moved corrupt record {path} to {dest}" + (f" ({reason})" if reason
+                      else ""), CorruptRecordWarning, stacklevel=3)
+        return dest
+
+    def put(self, kind: str, config: dict, result: dict, meta: dict | None = None) -> Path:
+        """Write the record of ``(kind, config)`` atomically; return its path.
+
+        ``result`` must be a dict (NaN and +/-inf are stored as markers and read back as
+        floats). An existing record of the same configuration is replaced (a recompute); an
+        existing *corrupt* file is first moved aside (:meth:`quarantine`); a valid record of
+        another configuration under the same key raises :class:`StoreCollisionError`. A
+        failure note for this configuration is removed once the record is written.
+        """
+        _check_kind(kind)
+        _check_config(config)
+        if not isinstance(result, dict):
+            raise TypeError(f"result must be a dict, got {type(result).__name__}")
+        path = self.path(kind, config)
+        if path.exists():
+            rec, why = self._parse(path, kind)
+            if rec is None:
+                self.quarantine(path, why)
+            elif _canonical(rec["config"]) != _canonical(_jsonable(config)):
+                raise StoreCollisionError(
+                    f"{path} holds a valid record of another configuration with the same key;"
+                    " refusing to overwrite it")
+        record = self._make_record(kind, path, config, "result", result, meta)
+        self._write_atomic(path, record)
+        try:
+            self.failure_path(kind, config).unlink()
+        except FileNotFoundError:
+            pass
         return path
 
-    def _read(self, path: Path, kind: str | None = None) -> dict | None:
-        """Parse and validate one record; warn and return None if it is corrupt."""
+    def put_failure(self, kind: str, config: dict, error: BaseException | str,
+                    meta: dict | None = None, tb: str | None = None) -> Path:
+        """Record (atomically) that computing ``(kind, config)`` failed, with the error.
+
+        The note is a JSON file under ``<kind>/failed/``; it never counts as a result, and a
+        later successful :meth:`put` removes it. ``tb`` is the formatted traceback (taken from
+        ``error`` when it is an exception and ``tb`` is omitted).
+        """
+        _check_kind(kind)
+        _check_config(config)
+        if isinstance(error, BaseException):
+            if tb is None:
+                tb = "".join(_traceback.format_exception(type(error), error,
+                                                         error.__traceback__))
+            error = f"{type(error).__name__}: {error}"
+        path = self.failure_path(kind, config)
+        failure = {"error": str(error), "traceback": tb or ""}
+        record = self._make_record(kind, self.path(kind, config), config, "failure", failure,
+                                   meta)
+        self._write_atomic(path, record)
+        return path
+
+    # -- reading ------------------------------------------------------------------------------
+    def _parse(self, path: Path, kind: str | None = None,
+               payload: str = "result") -> tuple[dict | None, str]:
+        """``(record, "")`` if ``path`` holds a valid record, else ``(None, reason)``."""
         try:
-            rec = _unjsonable(json.loads(path.read_text()))
-            if not isinstance(rec, dict) or not {"kind", "config", "result"} <= set(rec):
-                raise ValueError("missing fields")
-            if kind is not None and rec["kind"] != kind:
-                raise ValueError(f"kind {rec['kind']!r} != {kind!r}")
-            if config_key(rec["kind"], rec["config"]) != path.stem:
-                raise ValueError("configuration does not match the record's key")
-            return rec
-        except (OSError, ValueError, TypeError, KeyError) as exc:
-            warnings.warn(f"skipping corrupt record {path}: {exc}", CorruptRecordWarning,
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None, "missing"
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            return None, f"unreadable JSON ({exc})"
+        try:
+            if not isinstance(raw, dict):
+                raise ValueError("not a JSON object")
+            missing = {"kind", "config", payload} - set(raw)
+            if missing:
+                raise ValueError(f"missing fields {sorted(missing)}")
+            if raw.get("schema", 1) not in READABLE_SCHEMAS:
+                raise ValueError(f"unknown schema {raw.get('schema')!r}")
+            if "checksum" in raw:
+                if raw["checksum"] != record_checksum(raw):
+                    raise ValueError("checksum mismatch (the file was altered or damaged)")
+            elif raw.get("schema", 1) >= 2:
+                raise ValueError("checksum missing")
+            if kind is not None and raw["kind"] != kind:
+                raise ValueError(f"kind {raw['kind']!r} != {kind!r}")
+            if not isinstance(raw["config"], dict) or not isinstance(raw[payload], dict):
+                raise ValueError(f"config and {payload} must be JSON objects")
+            if config_key(raw["kind"], raw["config"]) != path.stem:
+                raise ValueError("its configuration does not match the record's key")
+            if raw.get("key", path.stem) != path.stem:
+                raise ValueError(f"key field {raw.get('key')!r} != file name")
+            return _unjsonable(raw), ""
+        except (ValueError, TypeError, KeyError) as exc:
+            return None, str(exc)
+
+    def _read(self, path: Path, kind: str | None = None) -> dict | None:
+        """Parse and validate one record; warn (with the path) and return None if corrupt."""
+        rec, why = self._parse(path, kind)
+        if rec is None and why != "missing":
+            warnings.warn(f"skipping corrupt record {path}: {why}", CorruptRecordWarning,
                           stacklevel=3)
-            return None
+        return rec
 
     def get(self, kind: str, config: dict) -> dict | None:
-        """The record for exactly this configuration, or None (missing or corrupt)."""
+        """The record for exactly this configuration, or None (missing or corrupt).
+
+        The record's dict has ``schema``, ``kind``, ``key``, ``config``, ``result``, ``meta``
+        (and ``checksum`` from schema 2). A corrupt file gives a ``CorruptRecordWarning``
+        naming its path; a record of another configuration is never returned.
+        """
         path = self.path(kind, config)
         if not path.exists():
             return None
         rec = self._read(path, kind)
-        if rec is None or rec["config"] != _unjsonable(_jsonable(config)):
+        if rec is None:
+            return None
+        if _canonical(_jsonable(rec["config"])) != _canonical(_jsonable(config)):
+            warnings.warn(f"skipping record {path}: it holds another configuration under the "
+                          "same key", CorruptRecordWarning, stacklevel=2)
             return None
         return rec
 
+    def get_failure(self, kind: str, config: dict) -> dict | None:
+        """The failure note of ``(kind, config)`` (dict with ``failure.error``), or None."""
+        path = self.failure_path(kind, config)
+        if not path.exists():
+            return None
+        rec, _ = self._parse(path, kind, payload="failure")
+        return rec
+
     def has(self, kind: str, config: dict) -> bool:
+        """True if a valid record of exactly this configuration exists."""
         return self.get(kind, config) is not None
 
+    def state(self, kind: str, config: dict) -> str:
+        """``"done"`` (valid record), ``"corrupt"`` (a file that is not a valid record of this
+        configuration), ``"failed"`` (no record, a failure note) or ``"pending"`` (neither).
+        Never warns: this is the quiet question that ``milr status`` asks."""
+        path = self.path(kind, config)
+        if path.exists():
+            rec, why = self._parse(path, kind)
+            if rec is not None and _canonical(_jsonable(rec["config"])) == _canonical(
+                    _jsonable(config)):
+                return "done"
+            if why != "missing":
+                return "corrupt"
+        if self.failure_path(kind, config).exists():
+            return "failed"
+        return "pending"
+
     def records(self, kind: str) -> list[dict]:
-        """Every valid record of ``kind`` (corrupt ones are reported and skipped)."""
-        folder = self.root / kind
+        """Every valid record of ``kind``, sorted by key (corrupt ones are reported, skipped)."""
+        folder = self.root / _check_kind(kind)
         if not folder.is_dir():
             return []
         out = []
@@ -193,9 +455,42 @@ class Store:
                 out.append(rec)
         return out
 
+    def failures(self, kind: str) -> list[dict]:
+        """Every readable failure note of ``kind`` (config, ``failure.error``, traceback)."""
+        folder = self.root / _check_kind(kind) / "failed"
+        if not folder.is_dir():
+            return []
+        out = []
+        for p in sorted(folder.glob("*.json")):
+            rec, _ = self._parse(p, kind, payload="failure")
+            if rec is not None:
+                out.append(rec)
+        return out
+
+    def verify(self, kind: str | None = None) -> list[tuple[Path, str]]:
+        """Check every record (of ``kind``, or of every kind): ``[(path, reason), ...]`` for
+        the corrupt ones. Reads only; nothing is moved or warned."""
+        kinds = [kind] if kind is not None else sorted(
+            p.name for p in self.root.glob("*") if p.is_dir() and _KIND_RE.match(p.name))
+        bad = []
+        for k in kinds:
+            for p in sorted((self.root / k).glob("*.json")):
+                rec, why = self._parse(p, k)
+                if rec is None:
+                    bad.append((p, why))
+        return bad
+
+    def stale_temp_files(self) -> list[Path]:
+        """Leftover ``.<key>.*.tmp`` files of writers that were killed mid-write (harmless:
+        never read as records; safe to delete when no sweep is running)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(self.root.glob("*/.*.tmp")) + sorted(self.root.glob("*/failed/.*.tmp"))
+
     def load(self, kind: str) -> pd.DataFrame:
         """Records of ``kind`` as a DataFrame: one row per record, config and scalar results as
-        columns (lists such as the trial log are left out), plus ``key`` and ``code_version``.
+        columns (lists such as the trial log are left out), plus ``key``, ``code_version`` and
+        ``device``.
         """
         rows = []
         for rec in self.records(kind):

@@ -1,30 +1,64 @@
-"""Sweeps over grids of configurations, resumable through the results store.
+"""Sweeps over grids of configurations: resumable, crash-safe, local or on a dask cluster.
 
 A *task* is any object with a ``kind`` (record kind, e.g. ``"eta_star"``), a
 ``record_config() -> dict`` (flat JSON configuration, seed included, that keys its record)
 and a ``compute(device) -> dict`` (the JSON result). One task = one (configuration, seed)
-eta* search (:class:`EtaStarTask`) or lambda_1 computation (``milr.sharpness``). Every
-configuration of a grid is validated before anything is computed, and each task writes its
-own record as soon as it finishes, so an interrupted sweep keeps every finished result and a
-rerun computes only what is missing.
+eta* search (:class:`EtaStarTask`) or lambda_1 computation (``milr.sharpness``).
+
+:func:`run_sweep` validates every task before anything is computed, skips the tasks whose
+record is already in the store, runs the others on one of three backends and writes each
+record (atomically, from the submitting process) as soon as its task finishes:
+
+* ``serial`` (``workers=1``, the library default): in this process, one task after another;
+* ``pool`` (``workers=N`` or ``"auto"``): a local pool of N spawned processes;
+* ``dask`` (``scheduler="tcp://host:port"``, ``dask_workers=N`` or ``client=``): an existing
+  ``dask.distributed`` cluster, or a ``LocalCluster`` of N processes on 127.0.0.1.
+
+Every backend computes a task with the same function (:func:`execute_task`), with torch
+pinned to ``torch_threads`` threads (default 1; on CPU the last bits of a result depend on the
+thread count, so pinning it makes a result the same whichever backend or machine size ran it).
+An interrupted sweep (Ctrl-C, ``SIGKILL``, a lost node) keeps every finished record, and a
+rerun computes only the missing ones. A task that raises is recorded as *failed* (with its
+error, see :meth:`milr.store.Store.put_failure`) and retried by the next run.
 """
 from __future__ import annotations
 
+import contextlib
+import inspect
 import logging
+import math
+import signal
 import time
-from dataclasses import dataclass
-from typing import Iterable
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
 
 import pandas as pd
 
-from .config import SearchConfig, TrialConfig, check_int
+from .config import SearchConfig, TrialConfig, check_float, check_int, config_key
 from .store import Store, run_metadata
 
 __all__ = ["EtaStarTask", "eta_star_tasks", "run_sweep", "load_results", "run_eta_star_sweep",
-           "load_eta_star"]
+           "load_eta_star", "execute_task", "sweep_status", "SweepStatus", "SweepError",
+           "SweepFailureWarning", "unique_tasks", "task_label", "BACKENDS"]
 
 log = logging.getLogger(__name__)
 KIND = "eta_star"
+BACKENDS = ("serial", "pool", "dask")
+ERRORS = ("continue", "raise")
+
+
+class SweepError(RuntimeError):
+    """A task failed and ``errors="raise"`` was asked; ``failures`` lists (label, error)."""
+
+    def __init__(self, message: str, failures: list):
+        super().__init__(message)
+        self.failures = failures
+
+
+class SweepFailureWarning(UserWarning):
+    """Some tasks of a sweep failed (``errors="continue"``); their errors are in the store."""
 
 
 @dataclass(frozen=True)
@@ -40,12 +74,26 @@ class EtaStarTask:
         """The flat configuration dict that keys this task's record (seed included)."""
         return {**self.trial.to_dict(), **self.search.to_dict(), "seed": self.seed}
 
-    def compute(self, device: str = "cpu") -> dict:
-        """Run the search (:func:`milr.search.eta_star`) and return its result dict."""
+    def compute(self, device: str = "cpu", on_trial: Callable | None = None) -> dict:
+        """Run the search (:func:`milr.search.eta_star`) and return its result dict.
+
+        ``on_trial(result)`` (optional, for progress bars) is called after every trial of the
+        sequential search (``method="bisect"``); it does not change the result. The batched
+        search (``method="batched"``) ignores it.
+        """
         from .data import load_dataset
-        from .search import eta_star
+        from .search import eta_star, eta_star_single
 
         data = load_dataset(self.trial.dataset)
+        if on_trial is not None and self.search.method == "bisect":
+            from .train import run_trial
+
+            def trial(eta):
+                r = run_trial(self.trial, eta, self.seed, data=data, device=device)
+                on_trial(r)
+                return r
+
+            return eta_star_single(trial, self.search, seed=self.seed).to_dict()
         (res,) = eta_star(self.trial, self.search, seeds=[self.seed], data=data, device=device)
         return res.to_dict()
 
@@ -61,33 +109,321 @@ def eta_star_tasks(
 ) -> list[EtaStarTask]:
     """All tasks of a grid (data sets x depths x widths x seeds), validated up front.
 
-    Networks with ``width < min_width_over_depth * depth`` are left out (default: w >= d).
+    Networks with ``width < min_width_over_depth * depth`` are left out (default: w >= d,
+    our choice: the paper's condition (i) asks for width large compared to depth).
     ``trial``/``search`` are keyword arguments of :class:`TrialConfig`/:class:`SearchConfig`.
+    Each axis must be a non-empty list of distinct values (a single value is a list of one).
 
     Raises ``ValueError``/``TypeError`` naming the first bad parameter; nothing is computed.
     """
+    from .validate import check_grid
+
+    datasets, depths, widths, seeds = check_grid(datasets, depths, widths, seeds)
+    ratio = check_float("min_width_over_depth", min_width_over_depth, 0.0)
+    if trial is not None and not isinstance(trial, dict):
+        raise TypeError(f"trial={trial!r} must be a dict of TrialConfig keyword arguments")
+    if search is not None and not isinstance(search, dict):
+        raise TypeError(f"search={search!r} must be a dict of SearchConfig keyword arguments")
     trial = dict(trial or {})
+    for bad in ("dataset", "depth", "width"):
+        if bad in trial:
+            raise ValueError(f"trial[{bad!r}] is a grid axis; pass it in {bad}s, not in trial")
     search_cfg = SearchConfig(**(search or {}))
-    seeds = [check_int("seed", s, 0) for s in seeds]
-    if not seeds:
-        raise ValueError("seeds must not be empty")
     tasks = []
     for ds in datasets:
         for d in depths:
             for w in widths:
                 cfg = TrialConfig(dataset=ds, depth=d, width=w, **trial)
-                if cfg.width < min_width_over_depth * cfg.depth:
+                if cfg.width < ratio * cfg.depth:
                     continue
                 tasks.extend(EtaStarTask(cfg, search_cfg, s) for s in seeds)
     return tasks
 
 
-def _progress(iterable, total, enabled, desc):
-    if not enabled:
-        return iterable
+# -- tasks ------------------------------------------------------------------------------------
+
+def _check_task(i: int, task) -> None:
+    ok = (isinstance(getattr(task, "kind", None), str) and callable(
+        getattr(task, "record_config", None)) and callable(getattr(task, "compute", None)))
+    if not ok:
+        raise TypeError(f"tasks[{i}]={task!r} does not follow the task protocol (a str "
+                        "'kind', record_config() -> dict and compute(device) -> dict)")
+
+
+def task_key(task) -> tuple[str, str]:
+    """``(kind, key)``: the identity of a task's record."""
+    return task.kind, config_key(task.kind, task.record_config())
+
+
+def unique_tasks(tasks: Iterable) -> list:
+    """``tasks`` with repeats of the same record (same kind and configuration) removed."""
+    seen, out = set(), []
+    for i, t in enumerate(tasks):
+        _check_task(i, t)
+        k = task_key(t)
+        if k not in seen:
+            seen.add(k)
+            out.append(t)
+    return out
+
+
+def task_label(task) -> str:
+    """Short human label, e.g. ``eta_star gaussian d=2 w=64 seed=0``."""
+    c = task.record_config()
+    parts = [task.kind]
+    if "dataset" in c:
+        parts.append(str(c["dataset"]))
+    for k, short in (("depth", "d"), ("width", "w"), ("seed", "seed")):
+        if k in c:
+            parts.append(f"{short}={c[k]}")
+    return " ".join(parts)
+
+
+@contextlib.contextmanager
+def pinned_threads(n: int | None):
+    """Run the block with ``torch.set_num_threads(n)`` (``None``: leave it), then restore."""
+    import torch
+
+    if n is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def execute_task(task, device: str = "cpu", torch_threads: int | None = 1,
+                 on_trial: Callable | None = None) -> dict:
+    """Compute one task wherever this runs (this process, a pool worker, a dask worker).
+
+    Returns ``{"ok": True, "result": dict, "meta": dict}`` or, if the task raised,
+    ``{"ok": False, "error": "Type: message", "traceback": str, "meta": dict}``. ``meta`` is
+    :func:`milr.store.run_metadata` of the process that computed it (device, library
+    versions, hardware, torch threads) plus ``wall_time`` in seconds. ``KeyboardInterrupt``
+    and ``SystemExit`` propagate.
+    """
+    t0 = time.perf_counter()
+    with pinned_threads(torch_threads):
+        try:
+            if on_trial is not None and "on_trial" in inspect.signature(
+                    task.compute).parameters:
+                result = task.compute(device, on_trial=on_trial)
+            else:
+                result = task.compute(device)
+            if not isinstance(result, dict):
+                raise TypeError(f"{type(task).__name__}.compute returned "
+                                f"{type(result).__name__}, expected a dict")
+            payload = {"ok": True, "result": result}
+        except Exception as exc:  # noqa: BLE001 - recorded, reported, retried next run
+            payload = {"ok": False, "error": f"{type(exc).__name__}: {exc}",
+                       "traceback": traceback.format_exc()}
+        meta = run_metadata(device)
+    meta["wall_time"] = time.perf_counter() - t0
+    payload["meta"] = meta
+    return payload
+
+
+# -- status -----------------------------------------------------------------------------------
+
+@dataclass
+class SweepStatus:
+    """Where a sweep stands in a store: counts and the tasks in each state.
+
+    States (see :meth:`milr.store.Store.state`): ``done`` (valid record), ``pending`` (no
+    record), ``failed`` (no record, the last attempt raised), ``corrupt`` (a file that is not
+    a valid record; it will be moved aside and recomputed).
+    """
+
+    total: int
+    done: int
+    pending: int
+    failed: int
+    corrupt: int
+    tasks: dict = field(default_factory=dict, repr=False)
+
+    def summary(self) -> str:
+        return (f"{self.done} done, {self.pending} pending, {self.failed} failed, "
+                f"{self.corrupt} corrupt (of {self.total})")
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("total", "done", "pending", "failed", "corrupt")}
+
+
+def sweep_status(tasks: list, store: Store | None = None) -> SweepStatus:
+    """Count the tasks of a sweep by state (reads only; nothing is computed or moved)."""
+    store = Store() if store is None else store
+    tasks = unique_tasks(tasks)
+    by = {s: [] for s in ("done", "pending", "failed", "corrupt")}
+    for t in tasks:
+        by[store.state(t.kind, t.record_config())].append(t)
+    return SweepStatus(len(tasks), len(by["done"]), len(by["pending"]), len(by["failed"]),
+                       len(by["corrupt"]), by)
+
+
+# -- running ----------------------------------------------------------------------------------
+
+def _bar(total: int | None, enabled: bool, desc: str, position: int = 0, leave: bool = True):
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, total=total, desc=desc)
+    return tqdm(total=total, desc=desc, unit="task" if position == 0 else "trial",
+                disable=not enabled, position=position, leave=leave, dynamic_ncols=True,
+                smoothing=0.1)
+
+
+class _Recorder:
+    """Writes each finished task's record (or failure note) from the submitting process."""
+
+    def __init__(self, store: Store, backend: str, bar, errors: str):
+        self.store, self.backend, self.bar, self.errors = store, backend, bar, errors
+        self.failures: list[tuple[str, str]] = []
+        self.n_done = 0
+
+    def __call__(self, task, payload: dict) -> None:
+        meta = dict(payload.get("meta") or {})
+        meta["backend"] = self.backend
+        label = task_label(task)
+        cfg = task.record_config()
+        if payload["ok"]:
+            self.store.put(task.kind, cfg, payload["result"], meta)
+            self.n_done += 1
+            res = payload["result"]
+            short = ", ".join(f"{k}={res[k]:.4g}" for k in ("eta_star", "lambda_1", "sharpness")
+                              if isinstance(res.get(k), float))
+            log.info("done %s in %.1f s %s", label, meta.get("wall_time", math.nan), short)
+            self.bar.set_postfix_str(f"{label} {short}"[-60:], refresh=False)
+        else:
+            self.store.put_failure(task.kind, cfg, payload["error"], meta,
+                                   tb=payload.get("traceback"))
+            self.failures.append((label, payload["error"]))
+            log.error("failed %s: %s", label, payload["error"])
+            if self.errors == "raise":
+                raise SweepError(f"task {label} failed: {payload['error']}\n"
+                                 f"{payload.get('traceback', '')}", self.failures)
+        self.bar.update(1)
+
+
+def _run_serial(todo, rec: _Recorder, device, torch_threads, recompute, progress):
+    for task in todo:
+        if not recompute and rec.store.state(task.kind, task.record_config()) == "done":
+            rec.bar.update(1)  # finished meanwhile by another sweep sharing the store
+            log.info("skip %s: finished by another process", task_label(task))
+            continue
+        trials = _bar(None, progress, "  trials", position=1, leave=False)
+
+        def on_trial(r, trials=trials):
+            trials.update(1)
+            eta, reason = getattr(r, "eta", math.nan), getattr(r, "reason", "")
+            trials.set_postfix_str(f"eta={eta:.3g} {reason}", refresh=False)
+
+        try:
+            payload = execute_task(task, device, torch_threads,
+                                   on_trial=on_trial if progress else None)
+        finally:
+            trials.close()
+        rec(task, payload)
+
+
+def _pool_worker_init(torch_threads):
+    """Pool worker set-up: torch threads, ignore Ctrl-C (the parent stops us), and die with
+    the parent (Linux ``PR_SET_PDEATHSIG``) so a killed sweep leaves no orphans."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(int(torch_threads))
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: orphans finish their task and exit
+        pass
+
+
+def _run_pool(todo, rec: _Recorder, device, torch_threads, workers):
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    ex = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                             initializer=_pool_worker_init, initargs=(torch_threads,))
+    futures = {}
+    try:
+        futures = {ex.submit(execute_task, t, device, torch_threads): t for t in todo}
+        for fut in as_completed(futures):
+            task = futures[fut]
+            try:
+                payload = fut.result()
+            except Exception as exc:  # noqa: BLE001 - e.g. a worker killed by the OS
+                payload = {"ok": False, "error": f"{type(exc).__name__}: {exc}",
+                           "traceback": traceback.format_exc(), "meta": {"device": device}}
+            rec(task, payload)
+    except BaseException:
+        for f in futures:
+            f.cancel()
+        for p in list(getattr(ex, "_processes", {}).values()):  # stop running tasks now
+            p.terminate()
+        raise
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
+
+
+def _dask_client(scheduler, dask_workers):
+    from dask.distributed import Client, LocalCluster
+
+    if scheduler is not None:
+        return Client(scheduler, timeout="60s"), None
+    cluster = LocalCluster(n_workers=dask_workers, threads_per_worker=1, processes=True,
+                           host="127.0.0.1", dashboard_address=None,
+                           silence_logs=logging.ERROR)
+    return Client(cluster), cluster
+
+
+def _run_dask(todo, rec: _Recorder, device, torch_threads, client, scheduler, dask_workers,
+              datasets, check_data):
+    from dask.distributed import as_completed
+
+    from .validate import check_datasets_available
+
+    own = client is None
+    cluster = None
+    if own:
+        client, cluster = _dask_client(scheduler, dask_workers)
+    futures = {}
+    try:
+        if check_data and datasets:  # the data must be where the workers are
+            client.submit(check_datasets_available, sorted(datasets), pure=False).result()
+        futures = {client.submit(execute_task, t, device, torch_threads, pure=False): t
+                   for t in todo}
+        for fut in as_completed(list(futures)):
+            task = futures[fut]
+            try:
+                payload = fut.result()
+            except Exception as exc:  # noqa: BLE001 - KilledWorker, lost connection, ...
+                payload = {"ok": False, "error": f"{type(exc).__name__}: {exc}",
+                           "traceback": traceback.format_exc(), "meta": {"device": device}}
+            rec(task, payload)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client.cancel(list(futures))
+        raise
+    finally:
+        if own:
+            with contextlib.suppress(Exception):
+                client.close()
+            if cluster is not None:
+                with contextlib.suppress(Exception):
+                    cluster.close()
+
+
+def _datasets_of(tasks) -> set:
+    out = set()
+    for t in tasks:
+        ds = t.record_config().get("dataset")
+        if isinstance(ds, str):
+            out.add(ds)
+    return out
 
 
 def run_sweep(
@@ -96,22 +432,106 @@ def run_sweep(
     recompute: bool = False,
     device: str = "cpu",
     progress: bool = True,
+    *,
+    workers: int | str = 1,
+    scheduler: str | None = None,
+    dask_workers: int | None = None,
+    client=None,
+    torch_threads: int | None = 1,
+    errors: str = "continue",
+    check_data: bool = True,
 ) -> pd.DataFrame:
     """Compute every task whose record is missing (all if ``recompute``); return the results.
 
-    Each finished task is written to ``store`` at once (atomically), with metadata (code
-    version, library versions, hardware, date, wall time). Returns :func:`load_results` of
+    Parameters
+    ----------
+    tasks: objects following the task protocol (see the module docstring); repeats of the
+        same record are computed once.
+    store: where records go (default :class:`Store()`, the repository's ``data/results``).
+    recompute: recompute and overwrite finished records too.
+    device: torch device of every task (``cpu``, ``cuda``, ``cuda:N``, ``mps``).
+    progress: tqdm bars (terminal or notebook): tasks done / total with ETA and, in the
+        serial backend, the trials of the running search. ``False`` for quiet runs (CI).
+    workers: local processes; ``1`` (default) computes in this process, ``N > 1`` or
+        ``"auto"`` (the usable cores) uses a pool of spawned processes.
+    scheduler: address of a running dask scheduler (``tcp://host:8786``).
+    dask_workers: start a ``LocalCluster`` of this many single-threaded worker processes on
+        127.0.0.1 for this sweep.
+    client: an existing ``dask.distributed.Client`` to use (and leave open).
+    torch_threads: torch threads per task (default 1, our choice: CPU results then do not
+        depend on the machine size or backend; ``None`` leaves torch's setting).
+    errors: ``"continue"`` (default) records a failed task, goes on and warns
+        (:class:`SweepFailureWarning`) at the end; ``"raise"`` records it, stops the sweep and
+        raises :class:`SweepError`. A failed task is retried by the next run.
+    check_data: check up front (on a worker for dask) that every data set is there, so a
+        missing one fails at once with the directories searched.
+
+    Each finished task is written to ``store`` at once (atomically) by this process, with
+    metadata from the process that computed it (code version, library versions, device,
+    hardware, torch threads, date, wall time, backend). Returns :func:`load_results` of
     ``tasks`` (one row per finished task, in task order).
+
+    Raises ``ValueError``/``TypeError`` for bad arguments or tasks (before computing),
+    :class:`milr.data.DataNotFoundError` for a missing data set, :class:`SweepError`
+    (``errors="raise"``); ``KeyboardInterrupt`` stops the sweep, finished records stay.
     """
+    from .validate import (check_datasets_available, check_device, check_device_available,
+                           check_scheduler, check_workers)
+
     store = Store() if store is None else store
-    todo = [t for t in tasks if recompute or not store.has(t.kind, t.record_config())]
-    log.info("sweep: %d of %d tasks to compute", len(todo), len(tasks))
-    for task in _progress(todo, len(todo), progress and bool(todo), "tasks"):
-        t0 = time.perf_counter()
-        result = task.compute(device)
-        meta = run_metadata(device)
-        meta["wall_time"] = time.perf_counter() - t0
-        store.put(task.kind, task.record_config(), result, meta)
+    if not isinstance(store, Store):
+        raise TypeError(f"store={store!r} must be a milr.store.Store")
+    tasks = unique_tasks(tasks)
+    check_device(device)
+    if errors not in ERRORS:
+        raise ValueError(f"errors={errors!r} must be one of {ERRORS}")
+    if torch_threads is not None:
+        torch_threads = check_int("torch_threads", torch_threads, 1)
+    n_workers = check_workers(workers)
+    dask_given = [n for n, v in (("scheduler", scheduler), ("dask_workers", dask_workers),
+                                 ("client", client)) if v is not None]
+    if len(dask_given) > 1:
+        raise ValueError(f"give at most one of scheduler, dask_workers, client; got "
+                         f"{dask_given}")
+    if dask_given and workers not in (1, "1"):
+        raise ValueError(f"workers={workers!r} is for the local pool; with {dask_given[0]} "
+                         "the dask cluster decides (leave workers=1)")
+    if scheduler is not None:
+        check_scheduler(scheduler)
+    if dask_workers is not None:
+        dask_workers = check_int("dask_workers", dask_workers, 1)
+    backend = "dask" if dask_given else ("pool" if n_workers > 1 else "serial")
+
+    if recompute:
+        todo = list(tasks)
+    else:
+        todo = [t for t in tasks if store.state(t.kind, t.record_config()) != "done"]
+    kinds = sorted({t.kind for t in tasks})
+    log.info("sweep: %d of %d tasks to compute (backend %s)", len(todo), len(tasks), backend)
+    if todo:
+        datasets = _datasets_of(todo)
+        if backend != "dask":
+            check_device_available(device)
+            if check_data:
+                check_datasets_available(sorted(datasets))
+        if backend == "pool":
+            n_workers = min(n_workers, len(todo))
+        desc = f"{kinds[0] if len(kinds) == 1 else 'tasks'} ({len(tasks) - len(todo)} cached)"
+        with _bar(len(todo), progress, desc) as bar:
+            rec = _Recorder(store, backend, bar, errors)
+            if backend == "serial" or (backend == "pool" and n_workers == 1):
+                rec.backend = "serial"
+                _run_serial(todo, rec, device, torch_threads, recompute, progress)
+            elif backend == "pool":
+                _run_pool(todo, rec, device, torch_threads, n_workers)
+            else:
+                _run_dask(todo, rec, device, torch_threads, client, scheduler, dask_workers,
+                          datasets, check_data)
+        if rec.failures:
+            first = rec.failures[0]
+            warnings.warn(f"{len(rec.failures)} of {len(todo)} tasks failed (first: {first[0]}:"
+                          f" {first[1]}); the errors are in {store.root}/<kind>/failed/, a "
+                          "rerun retries them", SweepFailureWarning, stacklevel=2)
     return load_results(tasks, store)
 
 
@@ -125,7 +545,7 @@ def load_results(tasks: list, store: Store | None = None) -> pd.DataFrame:
     """
     store = Store() if store is None else store
     rows = []
-    for t in tasks:
+    for t in unique_tasks(tasks):
         rec = store.get(t.kind, t.record_config())
         if rec is None:
             continue
@@ -141,9 +561,10 @@ def load_results(tasks: list, store: Store | None = None) -> pd.DataFrame:
     return df
 
 
-def run_eta_star_sweep(tasks, store=None, recompute=False, device="cpu", progress=True):
+def run_eta_star_sweep(tasks, store=None, recompute=False, device="cpu", progress=True,
+                       **kwargs):
     """:func:`run_sweep` for eta* tasks (kept as the name the notebooks use)."""
-    return run_sweep(tasks, store, recompute, device, progress)
+    return run_sweep(tasks, store, recompute, device, progress, **kwargs)
 
 
 def load_eta_star(tasks, store=None):
