@@ -13,14 +13,15 @@ export JUPYTER_PATH := $(abspath $(VENV))/share/jupyter
 export MPLBACKEND := Agg
 export SOURCE_DATE_EPOCH := 0
 
-.PHONY: venv figures test data bench lab clean help
+.PHONY: venv figures test data bench lab strip clean help
 
 help:
 	@echo "make figures   regenerate every figure in figures/ from the cache in data/"
 	@echo "make test      run the test suite"
 	@echo "make data      recompute the cached results (PRESET=quick|paper)"
 	@echo "make bench     run the benchmarks in benchmarks/"
-	@echo "make lab       start JupyterLab in the project environment"
+	@echo "make lab       start JupyterLab in the project environment (opens notebooks/00_index)"
+	@echo "make strip     remove outputs and volatile metadata from notebooks/*.ipynb (before git add)"
 
 venv: $(VENV)/.installed
 
@@ -36,7 +37,7 @@ figures: venv
 	@mkdir -p $(BUILD)/notebooks figures
 	@set -e; for nb in $(NOTEBOOKS); do \
 	  echo "papermill $$nb"; \
-	  $(PY) -m papermill --kernel python3 --cwd notebooks --no-progress-bar \
+	  MILR_PROGRESS=text $(PY) -m papermill --kernel python3 --cwd notebooks --no-progress-bar \
 	    $$nb $(BUILD)/notebooks/$$(basename $$nb) >/dev/null; \
 	done
 	@ls -1 figures
@@ -51,8 +52,15 @@ bench: venv
 	@set -e; for b in $(sort $(wildcard benchmarks/bench_*.py)); do \
 	  echo "== $$b"; $(PY) $$b; done
 
+# Served from the repository root (not notebooks/), so that the notebooks' links to
+# ../figures/ and ../data/ resolve; --allow-root only when run as root (containers, CI).
 lab: venv
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=. \
+	  --LabApp.default_url=/lab/tree/notebooks/00_index.ipynb \
+	  $(if $(filter 0,$(shell id -u)),--allow-root)
+
+strip: venv
+	$(PY) tools/strip_notebooks.py
 
 clean:
 	rm -rf $(BUILD) .pytest_cache

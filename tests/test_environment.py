@@ -240,3 +240,14 @@ def test_lowest_allowed():
     assert lowest_allowed(conda_spec_to_pep440(">=2.12,<2.14")) == Version("2.12")
     assert lowest_allowed(conda_spec_to_pep440("=3.11")) == Version("3.11")
     assert lowest_allowed(SpecifierSet()) is None
+
+
+def test_apt_txt_brings_fashion_mnist_where_milr_looks():
+    """Binder images get Fashion-MNIST from Debian/Ubuntu's package, like .ci/run does."""
+    from milr.data import DEBIAN_FASHION_MNIST
+
+    lines = [ln.split("#")[0].strip() for ln in (ROOT / "apt.txt").read_text().splitlines()]
+    packages = [ln for ln in lines if ln]
+    assert packages == ["dataset-fashion-mnist"], packages
+    assert str(DEBIAN_FASHION_MNIST) == "/usr/share/datasets/fashion-mnist"
+    assert "dataset-fashion-mnist" in (ROOT / ".ci" / "run").read_text()
