@@ -1,41 +1,432 @@
-"""Command line: ``python -m milr data --preset quick`` recomputes the cached results."""
+"""milr command line: eta* and lambda_1 of one configuration, sweeps over grids, their status.
+
+Examples:
+
+    milr eta-star --dataset gaussian --depth 2 --width 64 --seeds 0 1
+    milr sharpness --dataset fashion-mnist --depth 4 --width 256 --seeds 0
+    milr sweep configs/quick.yaml                       # local processes, one per core
+    milr sweep configs/quick.yaml --dask-workers 8      # a LocalCluster on this machine
+    milr sweep configs/paper.yaml --scheduler tcp://10.0.0.5:8786 --device cuda
+    milr status configs/quick.yaml --list failed
+    milr data --preset quick                            # what `make data` runs
+
+Every finished task is written to the results store at once; rerun the same command after an
+interruption and only the missing tasks are computed. ``python -m milr`` is the same program.
+"""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
+import signal
 import sys
+import tempfile
 import time
 
-from .presets import get_preset
 from .store import Store
-from .sweep import eta_star_tasks, run_eta_star_sweep
+from .sweep import eta_star_tasks, run_eta_star_sweep, run_sweep, sweep_status, task_label
+
+log = logging.getLogger("milr")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+# -- logging and signals ----------------------------------------------------------------------
+
+class _TqdmHandler(logging.StreamHandler):
+    """Writes log lines through ``tqdm.write`` so they do not break the progress bars."""
+
+    def emit(self, record):
+        try:
+            from tqdm.auto import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+def _setup_logging(verbose: int = 0, log_file: str | None = None) -> None:
+    """stderr: warnings (``-v`` info, ``-vv`` debug: one line per trial); ``--log-file``:
+    everything at debug level, with timestamps and process ids (pool workers append too)."""
+    milr_log = logging.getLogger("milr")
+    for h in list(milr_log.handlers):
+        milr_log.removeHandler(h)
+    level = logging.WARNING if verbose <= 0 else (logging.INFO if verbose == 1
+                                                  else logging.DEBUG)
+    h = _TqdmHandler()
+    h.setLevel(level)
+    h.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    milr_log.addHandler(h)
+    lowest = level
+    if log_file:
+        fh = logging.FileHandler(log_file)
+        fh.setLevel(logging.DEBUG)
+        fh.setFormatter(logging.Formatter(
+            "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
+        milr_log.addHandler(fh)
+        lowest = logging.DEBUG
+    milr_log.setLevel(lowest)
+    milr_log.propagate = False
+
+
+def _sigterm_as_interrupt():
+    """SIGTERM (e.g. a batch system ending a job) stops a sweep like Ctrl-C does."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. called from a notebook's thread)
+        pass
+
+
+# -- options ----------------------------------------------------------------------------------
+
+def _add_run_options(p: argparse.ArgumentParser, default_workers: str = "auto") -> None:
+    g = p.add_argument_group("where results go and how tasks run")
+    g.add_argument("--store", metavar="DIR", default=None,
+                   help="results directory (default: the sweep file's 'store', else the "
+                        "repository's data/results)")
+    g.add_argument("--device", default=None,
+                   help="torch device: cpu (default), cuda, cuda:N or mps")
+    g.add_argument("--recompute", action="store_true",
+                   help="recompute and overwrite finished records too")
+    g.add_argument("--workers", default=default_workers, metavar="N|auto",
+                   help=f"local worker processes (default {default_workers}; 1 = in this "
+                        "process; auto = one per usable core)")
+    g.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                   help="send tasks to a running dask.distributed scheduler, e.g. "
+                        "tcp://10.0.0.5:8786")
+    g.add_argument("--dask-workers", type=int, metavar="N", default=None,
+                   help="start a dask LocalCluster of N worker processes on 127.0.0.1")
+    g.add_argument("--torch-threads", type=int, metavar="N", default=1,
+                   help="torch threads per task (default 1: CPU results then do not depend on "
+                        "the machine or backend)")
+    g.add_argument("--errors", choices=("continue", "raise"), default="continue",
+                   help="on a failing task: record it and go on (default), or stop")
+    o = p.add_argument_group("output")
+    o.add_argument("-q", "--quiet", action="store_true", help="no progress bars (CI)")
+    o.add_argument("-v", "--verbose", action="count", default=0,
+                   help="-v: one line per finished task; -vv: one line per trial")
+    o.add_argument("--log-file", metavar="FILE", default=None,
+                   help="append a debug-level log (every trial of every task) to FILE")
+
+
+def _field_type(f: dataclasses.Field):
+    t = str(f.type)
+    if "bool" in t:
+        return bool
+    if "int" in t and "float" not in t:
+        return int
+    if "float" in t:
+        return float
+    return str
+
+
+def _add_dataclass_options(p, cls, skip=(), group_title=None, helps=None) -> list[str]:
+    """One ``--option`` per dataclass field (so the command line cannot drift from the
+    configuration classes). Returns the field names added."""
+    g = p.add_argument_group(group_title or cls.__name__)
+    names = []
+    for f in dataclasses.fields(cls):
+        if f.name in skip or f.name.startswith("_"):
+            continue
+        typ = _field_type(f)
+        default = f.default if f.default is not dataclasses.MISSING else None
+        flag = "--" + f.name.replace("_", "-")
+        h = (helps or {}).get(f.name, f"{cls.__name__}.{f.name}")
+        h = h if default is None else f"{h} (default {default})"
+        if typ is bool:
+            g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                           default=None, help=h)
+        else:
+            g.add_argument(flag, dest=f.name, type=typ, default=None, metavar=f.name.upper(),
+                           help=h)
+        names.append(f.name)
+    return names
+
+
+_TRIAL_HELP = {
+    "threshold": "threshold accuracy t, chance < t < 1 (default: the data set's: MNIST 0.925, "
+                 "CIFAR-10 0.34, Fashion-MNIST 0.75, Gaussian 0.90)",
+    "batch_size": "SGD minibatch size", "step_budget": "SGD steps before a trial fails",
+    "eval_every": "steps between validation-accuracy checks",
+    "n_val": "size of the fixed validation subset",
+    "input_lr_scale": "input layer trains at this x eta, in [0, 1]",
+    "blowup_factor": "divergence: batch loss > this x initial loss",
+    "dtype": "float32 or float64",
+}
+_SEARCH_HELP = {
+    "eta_lo": "lower end of the initial bracket, > 0", "eta_hi": "upper end, > eta_lo",
+    "tol": "stop when u/l <= 1 + tol", "scan_factor": "ratio of the coarse scan, > 1",
+    "scan": "top-down or full", "max_expand": "times eta_hi may grow when it succeeds",
+    "max_trials": "cap on trials per search", "method": "bisect or batched",
+}
+
+
+def _given(args, names) -> dict:
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def _run_kwargs(args) -> dict:
+    dask = args.scheduler is not None or args.dask_workers is not None
+    return dict(workers=1 if dask else args.workers, scheduler=args.scheduler,
+                dask_workers=args.dask_workers, torch_threads=args.torch_threads,
+                errors=args.errors)
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+def _one_config(args, tasks, store: Store, result_cols) -> int:
+    import pandas as pd
+
+    t0 = time.perf_counter()
+    df = run_sweep(tasks, store, recompute=args.recompute, device=args.device or "cpu",
+                   progress=not args.quiet, **_run_kwargs(args))
+    st = sweep_status(tasks, store)
+    if args.json:
+        for t in tasks:
+            rec = store.get(t.kind, t.record_config())
+            if rec is not None:
+                print(json.dumps({"config": rec["config"], "result": {
+                    k: v for k, v in rec["result"].items() if not isinstance(v, (list, dict))},
+                    "path": str(store.path(t.kind, t.record_config()))},
+                    default=str, allow_nan=True))
+    elif len(df):
+        cols = [c for c in ["seed"] + result_cols if c in df.columns]
+        with pd.option_context("display.width", 120, "display.max_columns", 20):
+            print(df[cols].to_string(index=False))
+    if not args.json:
+        print(f"{st.summary()} in {time.perf_counter() - t0:.1f} s; records in {store.root}")
+    return EXIT_OK if st.done == st.total else EXIT_FAILED
+
+
+def _store_for(args, default: str | None = None):
+    """(Store, cleanup) honouring --no-store (a temporary directory, deleted afterwards)."""
+    if getattr(args, "no_store", False):
+        tmp = tempfile.TemporaryDirectory(prefix="milr-")
+        return Store(tmp.name), tmp.cleanup
+    return Store(args.store or default), (lambda: None)
+
+
+def cmd_eta_star(args) -> int:
+    """eta* of one configuration, one search per seed."""
+    from .config import SearchConfig, TrialConfig  # noqa: F401 (fields listed in main)
+
+    tasks = eta_star_tasks([args.dataset], [args.depth], [args.width], args.seeds,
+                           trial=_given(args, args._trial_fields),
+                           search=_given(args, args._search_fields), min_width_over_depth=0)
+    store, cleanup = _store_for(args)
+    try:
+        return _one_config(args, tasks, store, ["eta_star", "bracket_lo", "bracket_hi",
+                                                "status", "eta_min", "non_interval",
+                                                "n_trials", "wall_time"])
+    finally:
+        cleanup()
+
+
+def cmd_sharpness(args) -> int:
+    """lambda_1 at initialisation of one configuration, one network per seed."""
+    from .sharpness import sharpness_tasks
+
+    tasks = sharpness_tasks([args.dataset], [args.depth], [args.width], args.seeds,
+                            min_width_over_depth=0, **_given(args, args._sharp_fields))
+    store, cleanup = _store_for(args)
+    try:
+        return _one_config(args, tasks, store, ["lambda_1", "lambda_1_eff", "lambda_1_gn",
+                                                "lambda_1_converged", "loss0"])
+    finally:
+        cleanup()
+
+
+def cmd_sweep(args) -> int:
+    """Every task of a sweep file that is not in the store yet."""
+    from .validate import build_tasks, load_sweep_file
+
+    spec = load_sweep_file(args.config)
+    tasks = build_tasks(spec)
+    store = Store(args.store or spec.store)
+    st = sweep_status(tasks, store)
+    print(f"sweep {args.config} ({spec.kind}): {st.total} tasks, {st.summary()}; store "
+          f"{store.root}", file=sys.stderr)
+    if args.dry_run:
+        return EXIT_OK
+    t0 = time.perf_counter()
+    run_sweep(tasks, store, recompute=args.recompute, device=args.device or spec.device or
+              "cpu", progress=not args.quiet, **_run_kwargs(args))
+    st = sweep_status(tasks, store)
+    print(f"{st.summary()} after {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    if st.failed:
+        print(f"see the errors with: milr status {args.config} --list failed", file=sys.stderr)
+    return EXIT_OK if st.done == st.total else EXIT_FAILED
+
+
+def cmd_status(args) -> int:
+    """Done / pending / failed / corrupt counts of a sweep file's tasks in a store."""
+    from .validate import build_tasks, load_sweep_file
+
+    spec = load_sweep_file(args.config)
+    tasks = build_tasks(spec)
+    store = Store(args.store or spec.store)
+    st = sweep_status(tasks, store)
+    if args.json:
+        print(json.dumps({"config": str(args.config), "kind": spec.kind,
+                          "store": str(store.root), **st.to_dict()}))
+    else:
+        print(f"{args.config} ({spec.kind}) in {store.root}:")
+        for k in ("done", "pending", "failed", "corrupt"):
+            print(f"  {k:<8}{getattr(st, k):>6}")
+        print(f"  {'total':<8}{st.total:>6}")
+        stale = store.stale_temp_files()
+        if stale:
+            print(f"  ({len(stale)} leftover temporary file(s) of killed writers, e.g. "
+                  f"{stale[0]}; harmless, delete them when no sweep runs)")
+    for state in args.list or []:
+        for t in st.tasks[state]:
+            cfg = t.record_config()
+            line = f"{state}\t{task_label(t)}\t{store.path(t.kind, cfg)}"
+            if state == "failed":
+                note = store.get_failure(t.kind, cfg)
+                if note is not None:
+                    line += "\t" + note["failure"]["error"].splitlines()[0][:200]
+            elif state == "corrupt":
+                _, why = store._parse(store.path(t.kind, cfg), t.kind)
+                line += "\t" + why
+            print(line)
+    return EXIT_OK
 
 
 def cmd_data(args) -> int:
-    p = get_preset(args.preset)
-    tasks = eta_star_tasks(p["datasets"] if not args.datasets else args.datasets,
-                           p["depths"], p["widths"], p["seeds"], p["trial"], p["search"])
+    """The cached results of a preset (what ``make data`` runs): the same sweep machinery."""
+    from .validate import build_tasks, spec_from_preset
+
+    overrides = {"datasets": args.datasets} if args.datasets else {}
+    tasks = build_tasks(spec_from_preset(args.preset, **overrides))
     t0 = time.perf_counter()
     df = run_eta_star_sweep(tasks, Store(args.store), recompute=args.recompute,
-                            device=args.device, progress=not args.quiet)
+                            device=args.device or "cpu", progress=not args.quiet,
+                            **_run_kwargs(args))
     print(f"eta*: {len(df)} of {len(tasks)} records in {time.perf_counter() - t0:.1f} s")
-    return 0
+    return EXIT_OK if len(df) == len(tasks) else EXIT_FAILED
+
+
+# -- parser -----------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``milr`` argument parser (subcommands eta-star, sharpness, sweep, status, data)."""
+    from .config import SearchConfig, TrialConfig
+    from .data import DATASETS
+
+    fmt = argparse.RawDescriptionHelpFormatter
+    ap = argparse.ArgumentParser(prog="milr", description=__doc__, formatter_class=fmt)
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    def one_config_parser(name, help_, example):
+        p = sub.add_parser(name, help=help_, description=f"{help_}\n\nexample:\n  {example}",
+                           formatter_class=fmt)
+        g = p.add_argument_group("network")
+        g.add_argument("--dataset", required=True, choices=DATASETS)
+        g.add_argument("--depth", type=int, required=True, help="hidden layers d >= 1")
+        g.add_argument("--width", type=int, required=True, help="units per hidden layer w >= 1")
+        g.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="SEED",
+                       help="one task per seed, integers >= 0 (default 0)")
+        p.add_argument("--json", action="store_true", help="print one JSON line per seed")
+        p.add_argument("--no-store", action="store_true",
+                       help="do not cache: compute in a temporary directory")
+        return p
+
+    p = one_config_parser("eta-star", "eta* (maximal initial learning rate) of one "
+                          "configuration", "milr eta-star --dataset gaussian --depth 2 "
+                          "--width 64 --seeds 0 1 --step-budget 400")
+    p.set_defaults(func=cmd_eta_star,
+                   _trial_fields=_add_dataclass_options(
+                       p, TrialConfig, ("dataset", "depth", "width"), "trial rules",
+                       _TRIAL_HELP),
+                   _search_fields=_add_dataclass_options(p, SearchConfig, (), "search rules",
+                                                         _SEARCH_HELP))
+    _add_run_options(p, default_workers="1")
+
+    p = one_config_parser("sharpness", "lambda_1 (top Hessian eigenvalue of the training "
+                          "loss) at initialisation of one configuration",
+                          "milr sharpness --dataset gaussian --depth 2 --width 64 --seeds 0 1")
+    try:
+        from .sharpness import SharpnessTask
+
+        fields = _add_dataclass_options(p, SharpnessTask, ("dataset", "depth", "width", "seed"),
+                                        "sharpness options")
+    except ImportError:  # pragma: no cover - milr.sharpness is part of the package
+        fields = []
+    p.set_defaults(func=cmd_sharpness, _sharp_fields=fields)
+    _add_run_options(p, default_workers="1")
+
+    p = sub.add_parser("sweep", help="compute every task of a sweep file that is not cached",
+                       description="Compute every task of a sweep file (YAML: data sets x "
+                       "depths x widths x seeds x other parameters) whose record is not in "
+                       "the store yet; safe to interrupt and rerun.\n\nexamples:\n"
+                       "  milr sweep configs/quick.yaml\n"
+                       "  milr sweep configs/quick.yaml --dask-workers 2\n"
+                       "  milr sweep configs/paper.yaml --scheduler tcp://host:8786 "
+                       "--device cuda", formatter_class=fmt)
+    p.add_argument("config", metavar="CONFIG.yaml", help="sweep file (see configs/)")
+    p.add_argument("--dry-run", action="store_true", help="validate and count, compute nothing")
+    p.set_defaults(func=cmd_sweep)
+    _add_run_options(p)
+
+    p = sub.add_parser("status", help="done / pending / failed / corrupt counts of a sweep",
+                       description="Count a sweep file's tasks by state in the store (reads "
+                       "only).\n\nexample:\n  milr status configs/quick.yaml --list failed",
+                       formatter_class=fmt)
+    p.add_argument("config", metavar="CONFIG.yaml", help="sweep file (see configs/)")
+    p.add_argument("--store", metavar="DIR", default=None,
+                   help="results directory (default: the sweep file's, else data/results)")
+    p.add_argument("--json", action="store_true", help="print the counts as JSON")
+    p.add_argument("--list", nargs="+", choices=("done", "pending", "failed", "corrupt"),
+                   metavar="STATE", help="also list the tasks in these states "
+                   "(done, pending, failed, corrupt) with their record paths")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    p.add_argument("--log-file", default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("data", help="compute the cached results of a preset (make data)",
+                       description="Compute the cached results of a preset of "
+                       "milr.presets (the same sweep as configs/<preset>.yaml).\n\nexample:\n"
+                       "  milr data --preset quick", formatter_class=fmt)
+    p.add_argument("--preset", default="quick", help="quick | paper | smoke")
+    p.add_argument("--datasets", nargs="*", help="override the preset's data sets")
+    p.set_defaults(func=cmd_data)
+    _add_run_options(p)
+    return ap
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="milr", description=__doc__)
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    d = sub.add_parser("data", help="compute the cached results of a preset")
-    d.add_argument("--preset", default="quick", help="quick | paper | smoke")
-    d.add_argument("--datasets", nargs="*", help="override the preset's data sets")
-    d.add_argument("--store", default=None, help="results directory (default data/results)")
-    d.add_argument("--device", default="cpu")
-    d.add_argument("--recompute", action="store_true")
-    d.add_argument("--quiet", action="store_true")
-    d.set_defaults(func=cmd_data)
+    """Run the command line; returns the exit status (0 ok, 1 some tasks failed or missing,
+    2 bad input, 130 interrupted)."""
+    from .data import DataNotFoundError
+    from .store import StoreCollisionError
+    from .sweep import SweepError
+
+    ap = build_parser()
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    return args.func(args)
+    _setup_logging(args.verbose, args.log_file)
+    _sigterm_as_interrupt()
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        store = getattr(args, "store", None) or "the store"
+        print(f"\nmilr: interrupted; every finished record is kept in {store}. Run the same "
+              "command again to compute the rest.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ValueError, TypeError, FileNotFoundError, DataNotFoundError) as exc:
+        if args.verbose >= 2:
+            raise
+        print(f"milr {args.cmd}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (SweepError, StoreCollisionError, RuntimeError) as exc:
+        if args.verbose >= 2:
+            raise
+        print(f"milr {args.cmd}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

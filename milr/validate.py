@@ -28,7 +28,6 @@ key by key.
 from __future__ import annotations
 
 import itertools
-import math
 import numbers
 import os
 import re
@@ -250,6 +249,15 @@ def sweep_spec(mapping: dict, source: str | os.PathLike | None = None) -> SweepS
     if unknown:
         raise ValueError(f"{src}unknown key(s) {unknown}; allowed: {', '.join(_TOP_KEYS)}")
     m = dict(mapping)
+    kind = m.get("kind", "eta_star")
+    if kind not in KINDS:
+        raise ValueError(f"{src}kind={kind!r} is not known; allowed: {', '.join(KINDS)}")
+    if kind == "sharpness" and (m.get("trial") or m.get("search")):
+        raise ValueError(f"{src}trial and search are for kind: eta_star; for kind: sharpness "
+                         "put the parameters of milr.sharpness.SharpnessTask in options")
+    if kind == "eta_star" and m.get("options"):
+        raise ValueError(f"{src}options are for kind: sharpness; for kind: eta_star use "
+                         "trial and search")
     if m.get("preset") is not None:
         from .presets import get_preset
 
@@ -257,16 +265,24 @@ def sweep_spec(mapping: dict, source: str | os.PathLike | None = None) -> SweepS
             base = get_preset(m["preset"])
         except ValueError as exc:
             raise ValueError(f"{src}{exc}") from None
-        for sec in ("trial", "search", "options"):
-            if isinstance(m.get(sec), dict) or m.get(sec) is None:
-                merged = dict(base.get(sec, {}))
-                merged.update(m.get(sec) or {})
-                m[sec] = merged
-        for k, v in base.items():
-            m.setdefault(k, v)
-    kind = m.get("kind", "eta_star")
-    if kind not in KINDS:
-        raise ValueError(f"{src}kind={kind!r} is not known; allowed: {', '.join(KINDS)}")
+        if kind == "eta_star":
+            sections = {"trial": base.get("trial", {}), "search": base.get("search", {}),
+                        "options": {}}
+        else:  # lambda_1 of the same networks: the trials' input-layer rate factor
+            opts = {}
+            if "input_lr_scale" in base.get("trial", {}):
+                opts["input_lr_scale"] = base["trial"]["input_lr_scale"]
+            opts.update(base.get("sharpness", {}) or {})
+            sections = {"trial": {}, "search": {}, "options": opts}
+        for sec, default in sections.items():
+            if m.get(sec) is not None and not isinstance(m[sec], dict):
+                continue  # reported below
+            merged = dict(default)
+            merged.update(m.get(sec) or {})
+            m[sec] = merged
+        for k in ("datasets", "depths", "widths", "seeds", "min_width_over_depth"):
+            if k in base:
+                m.setdefault(k, base[k])
     for key in ("datasets", "depths", "widths", "seeds"):
         if key not in m:
             raise ValueError(f"{src}missing required key {key!r}")
@@ -279,10 +295,6 @@ def sweep_spec(mapping: dict, source: str | os.PathLike | None = None) -> SweepS
         trial = _section(src, "trial", m.get("trial"), _TRIAL_KEYS)
         search = _section(src, "search", m.get("search"), _SEARCH_KEYS)
         options = _section(src, "options", m.get("options"), None)
-        if kind == "eta_star" and options:
-            raise ValueError("options are for kind: sharpness; for eta_star use trial/search")
-        if kind == "sharpness" and (m.get("search") and not m.get("preset")):
-            raise ValueError("search is for kind: eta_star; for sharpness use options")
         device = m.get("device")
         if device is not None:
             check_device(device)
@@ -365,11 +377,9 @@ def build_tasks(spec: SweepSpec) -> list:
         except ImportError as exc:  # pragma: no cover - depends on milr.sharpness existing
             raise ValueError(f"kind='sharpness' needs milr.sharpness ({exc})") from None
         for options in _axes_product(spec.options):
-            opts = dict(options)
-            if not math.isclose(spec.min_width_over_depth, 1.0):
-                opts.setdefault("min_width_over_depth", spec.min_width_over_depth)
             tasks += sharpness_tasks(spec.datasets, spec.depths, spec.widths, spec.seeds,
-                                     **opts)
+                                     min_width_over_depth=spec.min_width_over_depth,
+                                     **options)
     from .sweep import unique_tasks
 
     return unique_tasks(tasks)
