@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 __all__ = ["use_style", "depth_color", "DEPTH_COLORS", "savefig", "DATASET_LABELS",
-           "plot_power_law_panel", "FIGURES_DIR"]
+           "plot_power_law_panel", "plain_log_ticks", "legend_below", "FIGURES_DIR"]
 
 FIGURES_DIR = Path(__file__).resolve().parent.parent / "figures"
 
@@ -79,7 +79,8 @@ def plot_power_law_panel(ax, df, x: str, y: str, fit=None, hue: str = "depth",
                          fit_label: str = "fit") -> None:
     """Log-log scatter of ``df[y]`` against ``df[x]``: one colour per depth, seeds as points
     with their median marked, and the fitted power law (a :class:`milr.fit.PowerLawFit`) as
-    a line whose legend carries alpha +/- interval and R^2.
+    a dashed line, with alpha +/- interval and R^2 written in the lower-left corner (where
+    falling data leave room). Non-positive or non-finite y are not drawn.
     """
     d = df[np.isfinite(df[y].astype(float)) & (df[y].astype(float) > 0)]
     for h, g in d.groupby(hue):
@@ -89,8 +90,34 @@ def plot_power_law_panel(ax, df, x: str, y: str, fit=None, hue: str = "depth",
         ax.plot(med.index, med.values, "o-", ms=4, lw=1, color=c, label=f"{hue} {h}")
     if fit is not None and math.isfinite(fit.alpha):
         xs = np.geomspace(d[x].min(), d[x].max(), 50)
-        ax.plot(xs, fit.predict(xs), "k--", lw=1.2, label=f"{fit_label}: {fit.label()}")
+        ax.plot(xs, fit.predict(xs), "k--", lw=1.2, label=fit_label)
+        ax.text(0.03, 0.03, f"{fit_label}:\n{fit.label()}", transform=ax.transAxes,
+                fontsize=8, va="bottom", ha="left",
+                bbox=dict(boxstyle="round,pad=0.3", fc="white", ec="0.8", alpha=0.9))
     ax.set_xscale("log")
     ax.set_yscale("log")
+    plain_log_ticks(ax)
     ax.set_xlabel(xlabel or x)
     ax.set_ylabel(ylabel or y)
+
+
+def plain_log_ticks(ax) -> None:
+    """Label log axes with plain numbers (0.2, 1, 30) instead of 2 x 10^-1."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    fmt = FuncFormatter(lambda v, _: f"{v:g}")
+    for axis in (ax.xaxis, ax.yaxis):
+        if axis.get_scale() == "log":
+            axis.set_major_formatter(fmt)
+            axis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+            lo, hi = axis.get_view_interval()
+            few_decades = hi / max(lo, 1e-300) < 300  # label 2 and 5 when there is room
+            axis.set_minor_formatter(fmt if few_decades and axis is ax.yaxis
+                                     else FuncFormatter(lambda v, _: ""))
+
+
+def legend_below(fig, ax, ncol: int | None = None) -> None:
+    """One figure legend under the panels, from ``ax``'s labelled artists."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=ncol or len(labels), frameon=False,
+               bbox_to_anchor=(0.5, -0.02))
