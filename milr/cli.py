@@ -210,10 +210,19 @@ def _store_for(args, default: str | None = None):
     return Store(args.store or default), (lambda: None)
 
 
+def _check_network_args(args) -> None:
+    """One configuration: depth, width and seeds named as the user typed them."""
+    from .config import check_int
+
+    check_int("depth", args.depth)
+    check_int("width", args.width)
+    for s in args.seeds:
+        check_int("seed", s, 0)
+
+
 def cmd_eta_star(args) -> int:
     """eta* of one configuration, one search per seed."""
-    from .config import SearchConfig, TrialConfig  # noqa: F401 (fields listed in main)
-
+    _check_network_args(args)
     tasks = eta_star_tasks([args.dataset], [args.depth], [args.width], args.seeds,
                            trial=_given(args, args._trial_fields),
                            search=_given(args, args._search_fields), min_width_over_depth=0)
@@ -230,6 +239,7 @@ def cmd_sharpness(args) -> int:
     """lambda_1 at initialisation of one configuration, one network per seed."""
     from .sharpness import sharpness_tasks
 
+    _check_network_args(args)
     tasks = sharpness_tasks([args.dataset], [args.depth], [args.width], args.seeds,
                             min_width_over_depth=0, **_given(args, args._sharp_fields))
     store, cleanup = _store_for(args)

@@ -176,6 +176,8 @@ def task_label(task) -> str:
     for k, short in (("depth", "d"), ("width", "w"), ("seed", "seed")):
         if k in c:
             parts.append(f"{short}={c[k]}")
+    if len(parts) == 1:  # not a network task: its first few settings
+        parts += [f"{k}={v}" for k, v in list(c.items())[:4]]
     return " ".join(parts)
 
 

@@ -1,0 +1,262 @@
+"""The command line: help, bad input, sweeps and status, make data's path, and sweeps killed
+mid-run (SIGINT, SIGKILL) that keep every finished record and complete on rerun."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+
+from milr.cli import main
+from milr.store import Store
+from milr.sweep import sweep_status
+from milr.validate import build_tasks, load_sweep_file, spec_from_preset
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ("kind: eta_star\ndatasets: [gaussian]\ndepths: [1]\nwidths: [16]\nseeds: {seeds}\n"
+        "trial: {{step_budget: 60, eval_every: 20, n_val: 200, threshold: 0.85, "
+        "input_lr_scale: 0.1}}\nsearch: {{eta_lo: 0.01, eta_hi: 30.0, tol: 0.5, "
+        "scan_factor: 8.0}}\n")
+ETA = ["eta-star", "--dataset", "gaussian", "--depth", "1", "--width", "16",
+       "--step-budget", "60", "--eval-every", "20", "--n-val", "200", "--threshold", "0.85",
+       "--input-lr-scale", "0.1", "--eta-lo", "0.01", "--tol", "0.5", "--scan-factor", "8"]
+
+
+def sweep_file(tmp_path, seeds) -> Path:
+    p = tmp_path / "tiny.yaml"
+    p.write_text(TINY.format(seeds=list(seeds)))
+    return p
+
+
+# -- help and entry points --------------------------------------------------------------------
+
+@pytest.mark.parametrize("cmd", ["eta-star", "sharpness", "sweep", "status", "data"])
+def test_help_of_each_command(cmd, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([cmd, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert f"milr {cmd}" in out and "example" in out
+
+
+def test_entry_points():
+    scripts = {e.name: e.value for e in entry_points(group="console_scripts")}
+    assert scripts.get("milr") == "milr.cli:main"
+    r = subprocess.run([sys.executable, "-m", "milr", "--help"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0
+    for cmd in ("eta-star", "sharpness", "sweep", "status", "data"):
+        assert cmd in r.stdout
+
+
+# -- bad input --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, pattern", [
+    (["eta-star", "--dataset", "gaussian", "--depth", "0", "--width", "8"],
+     r"depth=0 must be an integer >= 1"),
+    (["eta-star", "--dataset", "gaussian", "--depth", "1", "--width", "8",
+      "--threshold", "0.3"], r"threshold \(chance for gaussian is 0.5\)=0.3"),
+    (["eta-star", "--dataset", "gaussian", "--depth", "1", "--width", "8", "--eta-lo", "2",
+      "--eta-hi", "1"], r"eta_hi=1.0 must be > eta_lo=2.0"),
+    (["eta-star", "--dataset", "gaussian", "--depth", "1", "--width", "8", "--step-budget",
+      "-5"], r"step_budget=-5 must be an integer >= 1"),
+    (["eta-star", "--dataset", "gaussian", "--depth", "1", "--width", "8", "--seeds", "-1"],
+     r"seed.*=-1 must be an integer >= 0"),
+    (["eta-star", "--dataset", "gaussian", "--depth", "1", "--width", "8", "--workers", "0"],
+     r"workers .*=0"),
+    (["eta-star", "--dataset", "gaussian", "--depth", "1", "--width", "8", "--device", "gpu"],
+     r"device='gpu'"),
+    (["sharpness", "--dataset", "gaussian", "--depth", "1", "--width", "0"],
+     r"width=0 must be an integer >= 1"),
+    (["sweep", "nope.yaml"], r"sweep file 'nope.yaml' not found"),
+    (["data", "--preset", "huge"], r"preset='huge' is not known"),
+])
+def test_bad_input_exits_2_with_one_clear_line(argv, pattern, capsys, tmp_path):
+    assert main(argv + (["--store", str(tmp_path)] if argv[0] != "status" else [])) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"milr {argv[0]}: error: "), err
+    assert re.search(pattern, err), err
+    assert "Traceback" not in err and not any(tmp_path.iterdir())  # nothing computed
+
+
+def test_argparse_rejects_unknown_dataset(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["eta-star", "--dataset", "imagenet", "--depth", "1", "--width", "8"])
+    assert info.value.code == 2
+    assert "invalid choice: 'imagenet'" in capsys.readouterr().err
+
+
+def test_missing_data_set_lists_paths(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MILR_DATA_DIR", str(tmp_path / "nowhere"))
+    assert main(["eta-star", "--dataset", "cifar10", "--depth", "1", "--width", "8",
+                 "--no-store"]) == 2
+    err = capsys.readouterr().err
+    assert "data set 'cifar10'" in err and str(tmp_path / "nowhere") in err
+
+
+def test_bad_sweep_file_names_file_and_key(tmp_path, capsys):
+    p = tmp_path / "bad.yaml"
+    p.write_text("datasets: [gaussian]\ndepths: [1]\nwidths: [8]\nseeds: [0]\n"
+                 "trial: {treshold: 0.9}\n")
+    assert main(["sweep", str(p), "--store", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert str(p) in err and "trial.treshold is not a known parameter" in err
+
+
+# -- commands on tiny settings ----------------------------------------------------------------
+
+def test_eta_star_command_caches_and_prints_json(tmp_path, capsys):
+    store = tmp_path / "s"
+    assert main(ETA + ["--seeds", "0", "1", "--store", str(store), "-q", "--json"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["config"]["seed"] for x in lines] == [0, 1]
+    assert all(Path(x["path"]).is_file() and "eta_star" in x["result"] for x in lines)
+    first = [x["result"]["eta_star"] for x in lines]
+    assert main(ETA + ["--seeds", "0", "1", "--store", str(store), "-q", "--json"]) == 0
+    again = [json.loads(x)["result"]["eta_star"] for x in capsys.readouterr().out.split("\n")
+             if x]
+    assert json.dumps(again) == json.dumps(first)  # served from the cache
+    recs = Store(store).records("eta_star")
+    assert len(recs) == 2 and {r["meta"]["backend"] for r in recs} == {"serial"}
+
+
+def test_sharpness_command(tmp_path, capsys):
+    pytest.importorskip("milr.sharpness")
+    assert main(["sharpness", "--dataset", "gaussian", "--depth", "2", "--width", "16",
+                 "--n-subset", "200", "--store", str(tmp_path), "-q", "--json"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    rec = json.loads(line)
+    assert rec["result"]["lambda_1"] > 0 and rec["config"]["n_subset"] == 200
+
+
+def test_sweep_status_and_data_share_one_cache(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    cfg = ROOT / "configs" / "smoke.yaml"
+    assert main(["status", str(cfg), "--store", str(a), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "config": str(cfg), "kind": "eta_star", "store": str(a), "total": 4, "done": 0,
+        "pending": 4, "failed": 0, "corrupt": 0}
+    assert main(["sweep", str(cfg), "--store", str(a), "--workers", "1", "-q"]) == 0
+    assert main(["data", "--preset", "smoke", "--store", str(b), "--workers", "1", "-q"]) == 0
+    capsys.readouterr()
+    assert main(["status", str(cfg), "--store", str(b), "--list", "done"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^  done\s+4$", out, re.M) and out.count("done\teta_star gaussian") == 4
+
+    def strip(store):
+        return {r["key"]: (r["config"], r["result"]["eta_star"], r["result"]["n_trials"],
+                           [t["eta"] for t in r["result"]["trials"]])
+                for r in Store(store).records("eta_star")}
+
+    assert strip(a) == strip(b) and len(strip(a)) == 4  # `make data` = `milr sweep`
+
+
+def test_status_lists_failed_and_corrupt(tmp_path, capsys):
+    cfg = sweep_file(tmp_path, [0, 1, 2])
+    store = Store(tmp_path / "s")
+    tasks = build_tasks(load_sweep_file(cfg))
+    store.put_failure("eta_star", tasks[0].record_config(), "RuntimeError: CUDA out of memory")
+    p = store.put("eta_star", tasks[1].record_config(), {"eta_star": 1.0})
+    p.write_text("{")
+    assert main(["status", str(cfg), "--store", str(store.root), "--list", "failed",
+                 "corrupt"]) == 0
+    out = capsys.readouterr().out
+    for state in ("failed", "corrupt", "pending"):
+        assert re.search(rf"^  {state}\s+1$", out, re.M), out
+    assert "CUDA out of memory" in out and str(p) in out and "unreadable JSON" in out
+
+
+# -- killed sweeps ----------------------------------------------------------------------------
+
+def _start(cfg: Path, store: Path, *extra) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "milr", "sweep", str(cfg), "--store", str(store), "-q", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def _wait_for_records(store: Path, n: int, proc, timeout=240.0) -> None:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if len(list((store / "eta_star").glob("*.json"))) >= n:
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"sweep ended early: {proc.communicate()}")
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail("no records appeared")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _finish_and_check(cfg, store, before: dict[str, bytes]):
+    tasks = build_tasks(load_sweep_file(cfg))
+    st = sweep_status(tasks, Store(store))
+    assert st.corrupt == 0 and st.failed == 0
+    assert 2 <= st.done < st.total, st.summary()  # killed mid-run, finished work kept
+    for path, data in before.items():
+        assert Path(path).read_bytes() == data
+    assert Store(store).verify() == []
+    assert main(["sweep", str(cfg), "--store", str(store), "--workers", "1", "-q"]) == 0
+    st2 = sweep_status(tasks, Store(store))
+    assert st2.done == st2.total
+    for path, data in before.items():  # the rerun did not recompute finished records
+        assert Path(path).read_bytes() == data
+
+
+def test_sigint_keeps_finished_records_and_rerun_completes(tmp_path):
+    cfg, store = sweep_file(tmp_path, range(12)), tmp_path / "s"
+    proc = _start(cfg, store, "--workers", "1")
+    _wait_for_records(store, 2, proc)
+    before = {str(p): p.read_bytes() for p in (store / "eta_star").glob("*.json")}
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted; every finished record is kept" in err
+    _finish_and_check(cfg, store, before)
+
+
+def test_sigkill_of_a_pool_sweep_keeps_records_and_leaves_no_orphans(tmp_path):
+    cfg, store = sweep_file(tmp_path, range(16)), tmp_path / "s"
+    proc = _start(cfg, store, "--workers", "2")
+    workers: list[int] = []
+    try:
+        _wait_for_records(store, 2, proc)
+        workers = _children(proc.pid)
+        assert len(workers) >= 2, workers  # the pool's processes
+        before = {str(p): p.read_bytes() for p in (store / "eta_star").glob("*.json")}
+        proc.kill()  # SIGKILL: no cleanup code runs in the parent
+        proc.communicate(timeout=60)
+        t0 = time.monotonic()  # pool workers die with their parent (PR_SET_PDEATHSIG)
+        while any(Path(f"/proc/{w}").exists() and "Z" not in _state(w) for w in workers):
+            assert time.monotonic() - t0 < 30, f"orphaned workers {workers}"
+            time.sleep(0.1)
+    finally:  # never leave processes behind, whatever failed above
+        if proc.poll() is None:
+            workers = _children(proc.pid)
+            proc.kill()
+            proc.communicate(timeout=60)
+        for w in workers:
+            if Path(f"/proc/{w}").exists() and "Z" not in _state(w):
+                os.kill(w, signal.SIGKILL)
+    # records are final once renamed; a writer killed mid-write leaves only a .tmp file
+    _finish_and_check(cfg, store, before)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0]
+    except OSError:
+        return "Z"

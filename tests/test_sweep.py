@@ -1,0 +1,272 @@
+"""Sweeps: resume, failures, corrupt records, concurrency, backends (serial, pool, dask),
+reproducibility across processes, progress and logging."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import multiprocessing as mp
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from milr.store import CorruptRecordWarning, Store
+from milr.sweep import (EtaStarTask, SweepError, SweepFailureWarning, eta_star_tasks,
+                        execute_task, load_results, run_eta_star_sweep, run_sweep,
+                        sweep_status)
+from milr.validate import build_tasks, load_sweep_file, spec_from_preset
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class FakeTask:
+    """A task of the protocol with a known answer (n**2); ``fail``/``sleep``/``log`` are not
+    part of its configuration, so a fixed rerun maps to the same record."""
+
+    n: int
+    fail: bool = False
+    interrupt: bool = False
+    sleep: float = 0.0
+    log: str | None = None
+    kind = "fake"
+
+    def record_config(self) -> dict:
+        return {"n": self.n}
+
+    def compute(self, device="cpu") -> dict:
+        if self.log:
+            with open(self.log, "a") as fh:
+                fh.write(f"{self.n}\n")
+        time.sleep(self.sleep)
+        if self.interrupt:
+            raise KeyboardInterrupt
+        if self.fail:
+            raise RuntimeError(f"task {self.n} failed on purpose")
+        return {"square": float(self.n ** 2), "device": device}
+
+
+def computed(log: Path) -> list[int]:
+    return [int(x) for x in log.read_text().split()] if log.exists() else []
+
+
+def fake(ns, tmp_path, **kw):
+    return [FakeTask(n, log=str(tmp_path / "log.txt"), **kw) for n in ns]
+
+
+def tiny_eta_tasks(seeds=(0,), widths=(16,)):
+    return eta_star_tasks(["gaussian"], [1, 2], list(widths), list(seeds),
+                          trial={"step_budget": 60, "eval_every": 20, "n_val": 200,
+                                 "threshold": 0.85, "input_lr_scale": 0.1},
+                          search={"eta_lo": 1e-2, "eta_hi": 30.0, "tol": 0.5,
+                                  "scan_factor": 8.0})
+
+
+def comparable(store: Store, tasks) -> dict:
+    """Record contents that must not depend on where or when they were computed."""
+    out = {}
+    for t in tasks:
+        rec = store.get(t.kind, t.record_config())
+        assert rec is not None, t
+        res = {k: v for k, v in rec["result"].items() if "wall_time" not in k}
+        if "trials" in res:
+            res["trials"] = [{k: v for k, v in tr.items() if k != "wall_time"}
+                             for tr in res["trials"]]
+        out[rec["key"]] = json.dumps({"config": rec["config"], "result": res}, sort_keys=True)
+    return out
+
+
+# -- resume, failures, corruption -------------------------------------------------------------
+
+def test_rerun_skips_finished_records(tmp_store, tmp_path):
+    log = tmp_path / "log.txt"
+    df = run_sweep(fake([1, 2, 3], tmp_path), tmp_store, progress=False, torch_threads=None)
+    assert list(df["square"]) == [1.0, 4.0, 9.0] and computed(log) == [1, 2, 3]
+    df = run_sweep(fake([1, 2, 3, 4], tmp_path), tmp_store, progress=False,
+                   torch_threads=None)
+    assert computed(log) == [1, 2, 3, 4]  # only the missing one
+    assert list(df["n"]) == [1, 2, 3, 4]
+    run_sweep(fake([2, 3], tmp_path), tmp_store, recompute=True, progress=False,
+              torch_threads=None)
+    assert computed(log) == [1, 2, 3, 4, 2, 3]
+    assert sweep_status(fake([1, 2, 3, 4, 5], tmp_path), tmp_store).to_dict() == {
+        "total": 5, "done": 4, "pending": 1, "failed": 0, "corrupt": 0}
+
+
+def test_repeated_tasks_are_computed_once(tmp_store, tmp_path):
+    df = run_sweep(fake([5, 5, 6], tmp_path), tmp_store, progress=False, torch_threads=None)
+    assert computed(tmp_path / "log.txt") == [5, 6] and len(df) == 2
+
+
+def test_failed_task_is_recorded_and_retried(tmp_store, tmp_path):
+    tasks = fake([1, 3], tmp_path) + fake([2], tmp_path, fail=True)
+    with pytest.warns(SweepFailureWarning, match="1 of 3 tasks failed.*failed on purpose"):
+        df = run_sweep(tasks, tmp_store, progress=False, torch_threads=None)
+    assert list(df["n"]) == [1, 3]  # the others finished
+    st = sweep_status(tasks, tmp_store)
+    assert (st.done, st.failed, st.pending) == (2, 1, 0)
+    note = tmp_store.get_failure("fake", {"n": 2})
+    assert "RuntimeError: task 2 failed on purpose" in note["failure"]["error"]
+    assert "Traceback" in note["failure"]["traceback"] and note["meta"]["device"] == "cpu"
+    df = run_sweep(fake([1, 2, 3], tmp_path), tmp_store, progress=False, torch_threads=None)
+    assert list(df["square"]) == [1.0, 4.0, 9.0]
+    assert sweep_status(tasks, tmp_store).failed == 0
+    assert computed(tmp_path / "log.txt") == [1, 3, 2, 2]
+
+
+def test_errors_raise_stops_the_sweep(tmp_store, tmp_path):
+    tasks = fake([1], tmp_path) + fake([2], tmp_path, fail=True) + fake([3], tmp_path)
+    with pytest.raises(SweepError, match="fake n=2 failed: RuntimeError") as info:
+        run_sweep(tasks, tmp_store, progress=False, torch_threads=None, errors="raise")
+    assert info.value.failures == [("fake n=2", "RuntimeError: task 2 failed on purpose")]
+    assert computed(tmp_path / "log.txt") == [1, 2]  # stopped before task 3
+    assert tmp_store.state("fake", {"n": 1}) == "done"
+    assert tmp_store.state("fake", {"n": 2}) == "failed"
+
+
+def test_interrupt_keeps_finished_records(tmp_store, tmp_path):
+    tasks = fake([1, 2], tmp_path) + fake([3], tmp_path, interrupt=True) + fake([4], tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(tasks, tmp_store, progress=False, torch_threads=None)
+    st = sweep_status(tasks, tmp_store)
+    assert (st.done, st.pending, st.failed) == (2, 2, 0)  # an interrupt is not a failure
+    run_sweep(fake([1, 2, 3, 4], tmp_path), tmp_store, progress=False, torch_threads=None)
+    assert computed(tmp_path / "log.txt") == [1, 2, 3, 3, 4]
+
+
+def test_corrupt_record_is_reported_and_recomputed(tmp_store, tmp_path):
+    tasks = fake([1, 2], tmp_path)
+    run_sweep(tasks, tmp_store, progress=False, torch_threads=None)
+    path = tmp_store.path("fake", {"n": 2})
+    path.write_text(path.read_text()[:40])  # truncated
+    assert sweep_status(tasks, tmp_store).corrupt == 1
+    with pytest.warns(CorruptRecordWarning, match=str(path)):
+        assert len(load_results(tasks, tmp_store)) == 1  # never read as a result
+    with pytest.warns(CorruptRecordWarning, match="moved corrupt record"):
+        df = run_sweep(tasks, tmp_store, progress=False, torch_threads=None)
+    assert list(df["square"]) == [1.0, 4.0]
+    assert computed(tmp_path / "log.txt") == [1, 2, 2]
+    assert len(list((path.parent / "corrupt").glob("*.json"))) == 1
+
+
+def _sweep_in_child(root, log, ns):
+    run_sweep([FakeTask(n, sleep=0.02, log=log) for n in ns], Store(root), progress=False,
+              torch_threads=None)
+
+
+def test_two_sweeps_on_one_store(tmp_store, tmp_path):
+    log = str(tmp_path / "log.txt")
+    ctx = mp.get_context("fork")  # fake tasks use no torch: fork is safe here
+    procs = [ctx.Process(target=_sweep_in_child, args=(str(tmp_store.root), log, ns))
+             for ns in (range(0, 30), range(29, -1, -1))]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+        assert p.exitcode == 0
+    tasks = [FakeTask(n) for n in range(30)]
+    assert sweep_status(tasks, tmp_store).done == 30
+    assert tmp_store.verify() == [] and not tmp_store.stale_temp_files()
+    assert [r["result"]["square"] for r in sorted(tmp_store.records("fake"),
+                                                  key=lambda r: r["config"]["n"])] == [
+        float(n * n) for n in range(30)]
+    # the second sweep skipped what the first had finished meanwhile (each checks just
+    # before computing), so far fewer than 60 computations ran
+    assert len(computed(Path(log))) < 45
+
+
+# -- real tasks: reproducibility across processes and backends --------------------------------
+
+def test_one_task_protocol_and_metadata(tmp_store):
+    (task,) = tiny_eta_tasks()[:1]
+    assert isinstance(task, EtaStarTask) and task.kind == "eta_star"
+    cfg = task.record_config()
+    assert cfg["seed"] == 0 and cfg["depth"] == 1 and cfg["eta_hi"] == 30.0
+    df = run_eta_star_sweep([task], tmp_store, progress=False)
+    rec = tmp_store.get("eta_star", cfg)
+    meta = rec["meta"]
+    import torch
+
+    assert meta["device"] == "cpu" and meta["torch"] == torch.__version__
+    assert meta["backend"] == "serial" and meta["hardware"]["torch_threads"] == 1
+    assert meta["wall_time"] > 0 and meta["code_version"].startswith("milr")
+    assert df.loc[0, "eta_star"] == rec["result"]["eta_star"] and df.loc[0, "dw"] == 16
+    assert torch.get_num_threads() == min(2, torch.get_num_threads())  # restored afterwards
+
+
+def test_progress_callback_and_debug_log_do_not_change_results(caplog):
+    task = tiny_eta_tasks(widths=(32,))[1]
+    plain = execute_task(task)
+    seen = []
+    with caplog.at_level(logging.DEBUG, logger="milr.train"):
+        watched = execute_task(task, on_trial=seen.append)
+    assert plain["ok"] and watched["ok"]
+    a, b = plain["result"], watched["result"]
+    assert a["eta_star"] == b["eta_star"] and a["n_trials"] == b["n_trials"] == len(seen)
+    assert [t["eta"] for t in a["trials"]] == [r.eta for r in seen]
+    trial_lines = [r for r in caplog.records if r.name == "milr.train"
+                   and r.getMessage().startswith("trial ")]
+    assert len(trial_lines) == a["n_trials"]  # one debug line per trial
+
+
+def test_progress_bars_and_quiet_mode(tmp_path, capsys):
+    run_sweep(fake([1, 2], tmp_path), Store(tmp_path / "a"), progress=True,
+              torch_threads=None)
+    err = capsys.readouterr().err
+    assert "fake (0 cached)" in err and "2/2" in err
+    run_sweep(fake([1, 2, 3], tmp_path), Store(tmp_path / "a"), progress=True,
+              torch_threads=None)
+    assert "fake (2 cached)" in capsys.readouterr().err
+    run_sweep(fake([4], tmp_path), Store(tmp_path / "a"), progress=False, torch_threads=None)
+    assert capsys.readouterr().err == ""
+
+
+def _sharpness_tasks():
+    sh = pytest.importorskip("milr.sharpness")
+    return sh.sharpness_tasks(["gaussian"], [1, 2], [16], [0], n_subset=200)
+
+
+def test_backends_give_identical_records(tmp_path):
+    """Serial in this process, a 2-process pool and a 2-worker dask LocalCluster (127.0.0.1)
+    produce the same eta* and lambda_1 records (only wall times differ)."""
+    tasks = tiny_eta_tasks() + _sharpness_tasks()
+    stores = {b: Store(tmp_path / b) for b in ("serial", "pool", "dask")}
+    run_sweep(tasks, stores["serial"], progress=False)
+    run_sweep(tasks, stores["pool"], progress=False, workers=2)
+    run_sweep(tasks, stores["dask"], progress=False, dask_workers=2)
+    ref = comparable(stores["serial"], tasks)
+    assert len(ref) == len(tasks) == 4
+    for b in ("pool", "dask"):
+        assert comparable(stores[b], tasks) == ref, b
+        metas = [stores[b].get(t.kind, t.record_config())["meta"] for t in tasks]
+        assert {m["backend"] for m in metas} == {b}
+        assert {m["hardware"]["torch_threads"] for m in metas} == {1}
+    # and each eta* search really ran (not a trivially equal empty result)
+    res = [stores["dask"].get(t.kind, t.record_config())["result"] for t in tasks]
+    assert all(r["n_trials"] >= 3 for r in res[:2])
+    assert all(r["lambda_1"] > 0 and r["lambda_1_converged"] for r in res[2:])
+
+
+# -- one implementation: presets, sweep files, make data --------------------------------------
+
+def test_quick_yaml_is_the_quick_preset():
+    from_file = build_tasks(load_sweep_file(ROOT / "configs" / "quick.yaml"))
+    from_preset = build_tasks(spec_from_preset("quick"))
+    assert [t.record_config() for t in from_file] == [t.record_config() for t in from_preset]
+    assert len(from_file) == 2 * 24 * 3  # 2 data sets x 24 (d, w) with w >= d x 3 seeds
+
+
+@pytest.mark.parametrize("name", ["smoke", "paper"])
+def test_preset_yaml_files(name):
+    a = build_tasks(load_sweep_file(ROOT / "configs" / f"{name}.yaml"))
+    b = build_tasks(spec_from_preset(name))
+    assert [t.record_config() for t in a] == [t.record_config() for t in b]
+
+
+def test_load_results_only_returns_asked_configurations(tmp_store, tmp_path):
+    run_sweep(fake([1, 2, 3], tmp_path), tmp_store, progress=False, torch_threads=None)
+    df = load_results([FakeTask(3), FakeTask(1), FakeTask(9)], tmp_store)
+    assert list(df["n"]) == [3, 1] and list(df["square"]) == [9.0, 1.0]
+    assert math.isclose(df["square"].sum(), 10.0)
