@@ -328,10 +328,31 @@ def _run_serial(todo, rec: _Recorder, device, torch_threads, recompute, progress
         rec(task, payload)
 
 
-def _pool_worker_init(torch_threads):
-    """Pool worker set-up: torch threads, ignore Ctrl-C (the parent stops us), and die with
-    the parent (Linux ``PR_SET_PDEATHSIG``) so a killed sweep leaves no orphans."""
+def _log_files() -> list[tuple[str, int, str | None]]:
+    """``(path, level, format)`` of the file handlers on the ``milr`` logger (``--log-file``),
+    so that pool workers append their trial logs to the same files."""
+    out = []
+    for h in logging.getLogger("milr").handlers:
+        if isinstance(h, logging.FileHandler):
+            fmt = h.formatter._fmt if h.formatter is not None else None
+            out.append((h.baseFilename, h.level, fmt))
+    return out
+
+
+def _pool_worker_init(torch_threads, log_files=()):
+    """Pool worker set-up: torch threads, ignore Ctrl-C (the parent stops us), die with the
+    parent (Linux ``PR_SET_PDEATHSIG``) so a killed sweep leaves no orphans, and append to the
+    parent's log files."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if log_files:
+        milr_log = logging.getLogger("milr")
+        for path, level, fmt in log_files:
+            fh = logging.FileHandler(path)
+            fh.setLevel(level)
+            fh.setFormatter(logging.Formatter(fmt))
+            milr_log.addHandler(fh)
+        milr_log.setLevel(min(level for _, level, _ in log_files))
+        milr_log.propagate = False
     if torch_threads is not None:
         import torch
 
@@ -349,7 +370,8 @@ def _run_pool(todo, rec: _Recorder, device, torch_threads, workers):
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     ex = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                             initializer=_pool_worker_init, initargs=(torch_threads,))
+                             initializer=_pool_worker_init,
+                             initargs=(torch_threads, _log_files()))
     futures = {}
     try:
         futures = {ex.submit(execute_task, t, device, torch_threads): t for t in todo}

@@ -234,7 +234,16 @@ def test_backends_give_identical_records(tmp_path):
     tasks = tiny_eta_tasks() + _sharpness_tasks()
     stores = {b: Store(tmp_path / b) for b in ("serial", "pool", "dask")}
     run_sweep(tasks, stores["serial"], progress=False)
-    run_sweep(tasks, stores["pool"], progress=False, workers=2)
+    log_file = tmp_path / "debug.log"  # what `milr ... --log-file` sets up
+    handler = logging.FileHandler(log_file)
+    handler.setLevel(logging.DEBUG)
+    milr_log = logging.getLogger("milr")
+    milr_log.addHandler(handler)
+    try:
+        run_sweep(tasks, stores["pool"], progress=False, workers=2)
+    finally:
+        milr_log.removeHandler(handler)
+        handler.close()
     run_sweep(tasks, stores["dask"], progress=False, dask_workers=2)
     ref = comparable(stores["serial"], tasks)
     assert len(ref) == len(tasks) == 4
@@ -246,6 +255,9 @@ def test_backends_give_identical_records(tmp_path):
     # and each eta* search really ran (not a trivially equal empty result)
     res = [stores["dask"].get(t.kind, t.record_config())["result"] for t in tasks]
     assert all(r["n_trials"] >= 3 for r in res[:2])
+    # the pool workers appended one debug line per trial to the parent's log file
+    lines = [x for x in log_file.read_text().splitlines() if x.startswith("trial ")]
+    assert len(lines) == sum(r["n_trials"] for r in res[:2])
     assert all(r["lambda_1"] > 0 and r["lambda_1_converged"] for r in res[2:])
 
 
