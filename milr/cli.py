@@ -16,6 +16,7 @@ interruption and only the missing tasks are computed. ``python -m milr`` is the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -46,9 +47,39 @@ class _TqdmHandler(logging.StreamHandler):
             self.handleError(record)
 
 
-def _setup_logging(verbose: int = 0, log_file: str | None = None) -> None:
+@contextlib.contextmanager
+def _logging_and_signals(verbose: int = 0, log_file: str | None = None):
+    """Set up logging (:func:`_setup_logging`) and SIGTERM handling for one command, and put
+    both back afterwards (``main`` may be called from Python, e.g. in tests or notebooks)."""
+    milr_log = logging.getLogger("milr")
+    saved = (list(milr_log.handlers), milr_log.level, milr_log.propagate)
+    try:
+        old_term = signal.getsignal(signal.SIGTERM)
+    except ValueError:  # pragma: no cover
+        old_term = None
+    added = _setup_logging(verbose, log_file)
+    _sigterm_as_interrupt()
+    try:
+        yield
+    finally:
+        for h in added:
+            milr_log.removeHandler(h)
+            h.close()
+        for h in saved[0]:
+            milr_log.addHandler(h)
+        milr_log.setLevel(saved[1])
+        milr_log.propagate = saved[2]
+        if old_term is not None:
+            try:
+                signal.signal(signal.SIGTERM, old_term)
+            except ValueError:  # pragma: no cover - not the main thread
+                pass
+
+
+def _setup_logging(verbose: int = 0, log_file: str | None = None) -> list[logging.Handler]:
     """stderr: warnings (``-v`` info, ``-vv`` debug: one line per trial); ``--log-file``:
-    everything at debug level, with timestamps and process ids (pool workers append too)."""
+    everything at debug level, with timestamps and process ids (pool workers append too).
+    Returns the handlers added to the ``milr`` logger."""
     milr_log = logging.getLogger("milr")
     for h in list(milr_log.handlers):
         milr_log.removeHandler(h)
@@ -68,6 +99,7 @@ def _setup_logging(verbose: int = 0, log_file: str | None = None) -> None:
         lowest = logging.DEBUG
     milr_log.setLevel(lowest)
     milr_log.propagate = False
+    return list(milr_log.handlers)
 
 
 def _sigterm_as_interrupt():
@@ -418,10 +450,9 @@ def main(argv=None) -> int:
 
     ap = build_parser()
     args = ap.parse_args(argv)
-    _setup_logging(args.verbose, args.log_file)
-    _sigterm_as_interrupt()
     try:
-        return args.func(args)
+        with _logging_and_signals(args.verbose, args.log_file):
+            return args.func(args)
     except KeyboardInterrupt:
         store = getattr(args, "store", None) or "the store"
         print(f"\nmilr: interrupted; every finished record is kept in {store}. Run the same "

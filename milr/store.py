@@ -150,7 +150,9 @@ def _jsonable(x):
         return {str(k): _jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [_jsonable(v) for v in x]
-    if hasattr(x, "item") and not isinstance(x, (str, bytes)):  # numpy / torch scalars
+    if hasattr(x, "tolist") and not isinstance(x, (str, bytes)):  # numpy / torch values
+        return _jsonable(x.tolist())
+    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
         return _jsonable(x.item())
     return x
 

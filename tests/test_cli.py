@@ -260,3 +260,16 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0]
     except OSError:
         return "Z"
+
+
+def test_main_restores_logging_and_signals(tmp_path, capsys):
+    import logging
+
+    milr_log = logging.getLogger("milr")
+    before = (list(milr_log.handlers), milr_log.level, milr_log.propagate,
+              signal.getsignal(signal.SIGTERM))
+    assert main(["status", str(ROOT / "configs" / "smoke.yaml"), "--store", str(tmp_path),
+                 "-vv"]) == 0
+    after = (list(milr_log.handlers), milr_log.level, milr_log.propagate,
+             signal.getsignal(signal.SIGTERM))
+    assert after == before  # calling main() from Python leaves no trace

@@ -307,3 +307,15 @@ def test_nothing_read_from_disk_is_unpickled():
     pkg = Path(__file__).resolve().parent.parent / "milr"
     found = {p.name: _unsafe_calls(p.read_text()) for p in sorted(pkg.glob("*.py"))}
     assert not {k: v for k, v in found.items() if v}
+
+
+def test_numpy_and_torch_values_are_stored_as_json(tmp_store):
+    import numpy as np
+    import torch
+
+    res = {"a": np.float32(1.5), "b": np.arange(3), "c": torch.tensor([1.0, math.nan]),
+           "d": np.bool_(True), "e": np.int64(7)}
+    tmp_store.put("eta_star", CFG, res)
+    got = tmp_store.get("eta_star", CFG)["result"]
+    assert got["a"] == 1.5 and got["b"] == [0, 1, 2] and got["d"] is True and got["e"] == 7
+    assert got["c"][0] == 1.0 and math.isnan(got["c"][1])

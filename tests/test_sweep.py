@@ -282,3 +282,26 @@ def test_load_results_only_returns_asked_configurations(tmp_store, tmp_path):
     df = load_results([FakeTask(3), FakeTask(1), FakeTask(9)], tmp_store)
     assert list(df["n"]) == [3, 1] and list(df["square"]) == [9.0, 1.0]
     assert math.isclose(df["square"].sum(), 10.0)
+
+
+def test_existing_scheduler_by_address(tmp_path):
+    """``scheduler="tcp://..."`` (``--scheduler``) sends the tasks to a running cluster."""
+    from dask.distributed import LocalCluster
+
+    tasks = tiny_eta_tasks()[:1]
+    ref, remote = Store(tmp_path / "ref"), Store(tmp_path / "remote")
+    run_sweep(tasks, ref, progress=False)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        run_sweep(tasks, remote, progress=False, scheduler=cluster.scheduler_address)
+        # a data set missing on the workers is reported (with the paths the workers
+        # searched) before any task runs
+        from milr.data import available_datasets
+
+        if "cifar10" not in available_datasets():
+            with pytest.raises(Exception, match="data set 'cifar10'.*Searched"):
+                run_sweep(eta_star_tasks(["cifar10"], [1], [8], [0]), remote,
+                          progress=False, scheduler=cluster.scheduler_address)
+            assert not (remote.root / "eta_star" / "failed").exists()
+    assert comparable(remote, tasks) == comparable(ref, tasks)
+    assert remote.get(tasks[0].kind, tasks[0].record_config())["meta"]["backend"] == "dask"
