@@ -350,7 +350,15 @@ def cmd_data(args) -> int:
                             device=args.device or "cpu", progress=not args.quiet,
                             **_run_kwargs(args))
     print(f"eta*: {len(df)} of {len(tasks)} records in {time.perf_counter() - t0:.1f} s")
-    return EXIT_OK if len(df) == len(tasks) else EXIT_FAILED
+    ok = len(df) == len(tasks)
+    # lambda_1 at initialisation of the same networks (the preset's "sharpness" options)
+    sharp = build_tasks(spec_from_preset(args.preset, kind="sharpness", **overrides))
+    t0 = time.perf_counter()
+    df = run_sweep(sharp, Store(args.store), recompute=args.recompute,
+                   device=args.device or "cpu", progress=not args.quiet, **_run_kwargs(args))
+    print(f"lambda_1: {len(df)} of {len(sharp)} records in {time.perf_counter() - t0:.1f} s")
+    ok = ok and len(df) == len(sharp)
+    return EXIT_OK if ok else EXIT_FAILED
 
 
 # -- parser -----------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ PRESETS: dict[str, dict] = {
         "trial": {"batch_size": 64, "step_budget": 400, "eval_every": 25, "n_val": 1000,
                   "input_lr_scale": 0.01},
         "search": {"eta_lo": 1e-3, "eta_hi": 30.0, "tol": 0.1, "scan_factor": 4.0},
+        # lambda_1 at initialisation (milr.sharpness.SharpnessTask; input_lr_scale: trial's)
+        "sharpness": {"n_subset": 1000, "tol": 1e-5},
     },
     "paper": {
         "datasets": ["fashion-mnist", "gaussian", "mnist", "cifar10"],
@@ -27,6 +29,7 @@ PRESETS: dict[str, dict] = {
         "trial": {"batch_size": 64, "step_budget": 938, "eval_every": 25, "n_val": 10000,
                   "input_lr_scale": 0.01},
         "search": {"eta_lo": 1e-4, "eta_hi": 30.0, "tol": 0.05, "scan_factor": 4.0},
+        "sharpness": {"n_subset": 2048, "tol": 1e-6, "gauss_newton": True},
     },
     "smoke": {
         "datasets": ["gaussian"],
@@ -36,6 +39,7 @@ PRESETS: dict[str, dict] = {
         "trial": {"batch_size": 64, "step_budget": 100, "eval_every": 20, "n_val": 200,
                   "input_lr_scale": 0.1, "threshold": 0.85},
         "search": {"eta_lo": 1e-2, "eta_hi": 30.0, "tol": 0.5, "scan_factor": 8.0},
+        "sharpness": {"n_subset": 200, "tol": 1e-4},
     },
 }
 
