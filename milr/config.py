@@ -130,6 +130,10 @@ class SearchConfig:
     max_expand: how many times u may be multiplied by ``scan_factor`` when u itself succeeds.
     max_trials: hard cap on trials per search.
     method: ``"bisect"`` (sequential, Algorithm 1) or ``"batched"`` (see milr.batched).
+    k: batched search only: at most this many learning rates per refinement round (k-section;
+        ``k = 1`` is bisection), in [1, 64]. Default 3 (our choice: on the CPU every extra
+        rate costs its compute; see README, Performance). Left out of :meth:`to_dict` for
+        ``method="bisect"``, which ignores it, so bisection records keep their keys.
     """
 
     eta_lo: float = 1e-3
@@ -140,6 +144,7 @@ class SearchConfig:
     max_expand: int = 4
     max_trials: int = 60
     method: str = "bisect"
+    k: int = 3
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
@@ -155,9 +160,13 @@ class SearchConfig:
         set_("max_trials", check_int("max_trials", self.max_trials, 2))
         if self.method not in ("bisect", "batched"):
             raise ValueError(f"method={self.method!r} must be 'bisect' or 'batched'")
+        set_("k", check_int("k", self.k, 1, 64))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.method == "bisect":
+            d.pop("k")
+        return d
 
 
 def config_key(kind: str, config: dict) -> str:
