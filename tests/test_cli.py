@@ -17,7 +17,7 @@ import pytest
 from milr.cli import main
 from milr.store import Store
 from milr.sweep import sweep_status
-from milr.validate import build_tasks, load_sweep_file, spec_from_preset
+from milr.validate import build_tasks, load_sweep_file
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ("kind: eta_star\ndatasets: [gaussian]\ndepths: [1]\nwidths: [16]\nseeds: {seeds}\n"

@@ -184,16 +184,22 @@ def test_one_task_protocol_and_metadata(tmp_store):
     assert isinstance(task, EtaStarTask) and task.kind == "eta_star"
     cfg = task.record_config()
     assert cfg["seed"] == 0 and cfg["depth"] == 1 and cfg["eta_hi"] == 30.0
-    df = run_eta_star_sweep([task], tmp_store, progress=False)
+    import torch
+
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the caller's setting; the task itself runs on 1 thread
+    try:
+        df = run_eta_star_sweep([task], tmp_store, progress=False)
+        assert torch.get_num_threads() == 2  # the pinning is undone afterwards
+    finally:
+        torch.set_num_threads(threads_before)
     rec = tmp_store.get("eta_star", cfg)
     meta = rec["meta"]
-    import torch
 
     assert meta["device"] == "cpu" and meta["torch"] == torch.__version__
     assert meta["backend"] == "serial" and meta["hardware"]["torch_threads"] == 1
     assert meta["wall_time"] > 0 and meta["code_version"].startswith("milr")
     assert df.loc[0, "eta_star"] == rec["result"]["eta_star"] and df.loc[0, "dw"] == 16
-    assert torch.get_num_threads() == min(2, torch.get_num_threads())  # restored afterwards
 
 
 def test_progress_callback_and_debug_log_do_not_change_results(caplog):
