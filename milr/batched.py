@@ -7,31 +7,46 @@ module trains M trials of one (data set, depth, width) configuration *together*:
 
 * :class:`TrialBatch` keeps the weights of every member stacked, ``W[l]`` of shape
   ``(M, out, in)``, and runs forward and backward passes by hand with batched matrix products
-  (``torch.baddbmm`` / ``torch.bmm``), so one step of M members is a few large kernels. Each
-  member has its own learning rate (the input layer at ``input_lr_scale * eta``), its own
+  (``torch.baddbmm`` / ``torch.bmm``; the input layer of all members that share a minibatch
+  stream as one ``torch.mm``), so one step of M members is a few large kernels. Each member
+  has its own learning rate (the input layer at ``input_lr_scale * eta``), its own
   seed-derived initialisation (:func:`milr.models.make_mlp`) and data order
   (:func:`milr.train.batch_indices`), and its own stopping state. Every member follows the
-  trial rules of :func:`milr.train.run_trial` exactly (equivalence is tested in float64);
-  divergence flags are kept on the device and read only at evaluation points, so there is no
-  host-device synchronisation per step. A member that succeeded, diverged or was cancelled
-  stops changing and is removed from the stacks at the next evaluation point (compaction), so
-  it stops costing compute. New members can join at any evaluation point.
+  trial rules of :func:`milr.train.run_trial` (equivalence is tested in float64); divergence
+  flags and the step of divergence are kept on the device and read at evaluation points, so
+  on CUDA there is no host-device synchronisation per step (on the CPU, where reading a flag
+  costs nothing, they are also read after every step, see ``poll_stops``). A member that
+  succeeded, diverged or was cancelled stops changing and is removed from the stacks
+  (compaction), so it stops costing compute. New members can join at any evaluation point.
 * :func:`eta_star_batched` is a k-section search that uses the width of the batch: round one
-  trains the whole geometric scan of the bracket at once; each later round trains ``k`` rates
-  spread geometrically inside the current bracket [l, u] and keeps the sub-interval between
-  the largest success and the point above it; seeds run in the same batch, each with its own
-  bracket and its own rounds (a seed starts its next round as soon as its current one is
-  decided, without waiting for the other seeds).
+  is the geometric scan of the bracket (all of it at once on CUDA; top-down, a window of
+  points at a time, on the CPU); each later round trains up to ``k`` rates spread
+  geometrically inside the current bracket [l, u] (the fewest that still close the bracket in
+  the same number of rounds, :func:`kpoints`) and keeps the sub-interval between the largest
+  success and the point above it, until u / l <= 1 + tol like bisection, in about
+  ``log(k + 1) / log 2`` times fewer rounds; ``k = 1`` is bisection. Seeds run in the same
+  batch, each with its own bracket and its own rounds (a seed starts its next round as soon
+  as its current one is decided, without waiting for the other seeds).
 
 Non-monotone outcomes (our choice, documented in the README): within a round the new bracket
 is [largest success, next point above it]. The largest success is final only when every point
 above it has finished, so a round waits for those; points *below* the largest success cannot
 change the bracket and are cancelled at once (``reason="cancelled"``, ``success=None`` in the
 trial log; they do not count as outcomes). A failure seen below a success anywhere in the log
-sets ``non_interval=True``. With ``SearchConfig(scan="full")`` the scan points below the first
-success are not cancelled but keep running in the background while the refinement proceeds,
-so ``eta_min`` (the lower end of the successful interval) is measured at little extra wall
-time; with ``scan="top-down"`` (the default, like the sequential search) they are cancelled.
+sets ``non_interval=True``; a failure that would have come after the success that cancelled
+it is not seen, exactly as the sequential search never tries rates below its bracket. With
+``SearchConfig(scan="full")`` the scan points below the first success are not cancelled but
+keep running in the background while the refinement proceeds, so ``eta_min`` (the lower end
+of the successful interval) is measured at little extra wall time on a GPU; with
+``scan="top-down"`` (the default, like the sequential search) they are cancelled.
+
+Floating point: the batched products sum in a different order from ``torch.nn.Linear``, so a
+member agrees with :func:`milr.train.run_trial` to rounding (float64: identical outcomes in
+the tests; float32: to ~1e-6 per step). Near eta* SGD is chaotic (differences grow ~e-fold
+every ~10 steps in the runs we measured), so a trial at a rate within ~10-20 % of eta* can end
+differently under either trainer, or under the sequential trainer with 1 versus 2 threads; the
+two searches then agree to the seeds' spread rather than to one bracket step (README,
+Performance).
 """
 from __future__ import annotations
 
@@ -55,10 +70,6 @@ __all__ = ["TrialBatch", "run_trials_batched", "eta_star_batched", "k_section", 
 
 log = logging.getLogger(__name__)
 
-# Reason codes kept on the device (int8); 0 = still running.
-_RUNNING, _NONFINITE, _BLOWUP = 0, 1, 2
-_CODE_REASON = {_NONFINITE: "diverged_nonfinite", _BLOWUP: "diverged_blowup"}
-
 #: Relative slack in the k-section convergence test ``u / l <= (1 + tol)(1 + 1e-9)``, so that
 #: a bracket split into exactly the planned number of parts is not refined again because of a
 #: rounding error in ``l * (u / l) ** (j / (k + 1))``.
@@ -80,6 +91,12 @@ def step_flops(cfg: TrialConfig, n0: int, n_classes: int) -> float:
     fwd = first + rest
     bwd = (first if cfg.input_lr_scale > 0 else 0) + 2 * rest
     return 2.0 * B * (fwd + bwd)
+
+
+def _relu_backward(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Gradient through ReLU given its output: ``grad`` where ``out > 0``, else 0 (autograd's
+    own kernel, so a NaN gradient behind a dead unit is 0, as in the sequential trainer)."""
+    return torch.ops.aten.threshold_backward(grad, out, 0)
 
 
 @dataclass
@@ -122,9 +139,11 @@ class TrialBatch:
     there. :meth:`cancel` stops a member (its result has ``reason="cancelled"``).
 
     State on the device, for M running members: ``W[l]`` ``(M, out_l, in_l)`` and ``b[l]``
-    ``(M, out_l)`` in ``cfg.dtype``; ``active`` ``(M,)`` bool; ``code`` ``(M,)`` int8 (why a
-    member stopped between evaluation points); ``stop_step``, ``mstep`` ``(M,)`` int64;
-    ``loss0`` ``(M,)`` float64.
+    ``(M, out_l)`` in ``cfg.dtype``; ``active`` ``(M,)`` bool; ``loss0`` and ``limit``
+    (``blowup_factor * loss0``, or -inf when ``loss0`` is not finite) ``(M,)`` float64; for a
+    member that diverged between evaluation points, ``stop_g`` ``(M,)`` int64 (the global step
+    count when it did) and ``stop_loss`` ``(M,)`` float64 (the loss that stopped it: non-finite
+    means ``diverged_nonfinite``, else ``diverged_blowup``).
     """
 
     def __init__(
@@ -195,10 +214,11 @@ class TrialBatch:
         self.b = [torch.empty((m, b), device=dev, dtype=dt) for b in self.dims[1:]]
         self.neg_lr = torch.empty((m, self.n_layers), device=dev, dtype=dt)
         self.active = torch.empty((m,), device=dev, dtype=torch.bool)
-        self.code = torch.empty((m,), device=dev, dtype=torch.int8)
-        self.stop_step = torch.empty((m,), device=dev, dtype=torch.long)
-        self.mstep = torch.empty((m,), device=dev, dtype=torch.long)
+        self.stop_g = torch.empty((m,), device=dev, dtype=torch.long)
+        self.stop_loss = torch.empty((m,), device=dev, dtype=torch.float64)
         self.loss0 = torch.empty((m,), device=dev, dtype=torch.float64)
+        self.limit = torch.empty((m,), device=dev, dtype=torch.float64)
+        self._lr_views: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._groups: list[list[int]] = []  # [first, end, row0, start] per data stream
 
     def _seed_state(self, seed: int):
@@ -251,7 +271,7 @@ class TrialBatch:
         sel = torch.tensor(idx, dtype=torch.long, device=self.device)
         self.W = [w.index_select(0, sel) for w in self.W]
         self.b = [b.index_select(0, sel) for b in self.b]
-        for name in ("neg_lr", "active", "code", "stop_step", "mstep", "loss0"):
+        for name in ("neg_lr", "active", "stop_g", "stop_loss", "loss0", "limit"):
             setattr(self, name, getattr(self, name).index_select(0, sel))
         self.members = [self.members[i] for i in idx]
         self._regroup()
@@ -268,6 +288,9 @@ class TrialBatch:
         if order != list(range(len(keys))):
             self._keep(order)  # a permutation; calls _regroup again, now sorted
             return
+        M = len(self.members)
+        self._lr_views = [(self.neg_lr[:, l].reshape(M, 1, 1), self.neg_lr[:, l].reshape(M, 1))
+                          for l in range(self.n_layers)]
         self._groups = []
         for i, key in enumerate(keys):
             if self._groups and keys[self._groups[-1][0]] == key:
@@ -301,10 +324,10 @@ class TrialBatch:
         cat = lambda old, t: torch.cat([old, t.to(dev)])  # noqa: E731
         self.neg_lr = cat(self.neg_lr, torch.tensor(lrs, dtype=torch.float64).to(self.dtype))
         self.active = cat(self.active, torch.ones(k, dtype=torch.bool))
-        self.code = cat(self.code, torch.zeros(k, dtype=torch.int8))
-        self.stop_step = cat(self.stop_step, torch.zeros(k, dtype=torch.long))
-        self.mstep = cat(self.mstep, torch.zeros(k, dtype=torch.long))
+        self.stop_g = cat(self.stop_g, torch.zeros(k, dtype=torch.long))
+        self.stop_loss = cat(self.stop_loss, torch.zeros(k, dtype=torch.float64))
         self.loss0 = cat(self.loss0, torch.full((k,), math.nan, dtype=torch.float64))
+        self.limit = cat(self.limit, torch.full((k,), math.nan, dtype=torch.float64))
         self.members.extend(new)
         self.peak_members = max(self.peak_members, len(self.members))
         self._regroup()
@@ -375,17 +398,19 @@ class TrialBatch:
             z = torch.baddbmm(self.b[l].unsqueeze(1), h, self.W[l].transpose(1, 2))
         logp = torch.log_softmax(z, dim=2)
         loss = -logp.gather(2, y).squeeze(2).mean(1)  # (M,), mean cross-entropy per member
-        self.mstep += 1
-        # divergence rules of run_trial, per member, in float64 like its Python floats
+        # divergence rules of run_trial, per member, in float64 like its Python floats:
+        # stop if the loss is not finite or exceeds blowup_factor x the first step's loss
         l64 = loss.to(torch.float64)
-        self.loss0 = torch.where(self.mstep == 1, l64, self.loss0)
-        nonfinite = ~torch.isfinite(l64)
-        blowup = l64 > cfg.blowup_factor * self.loss0
-        newly = self.active & (nonfinite | blowup)
-        code = torch.where(nonfinite, _NONFINITE, _BLOWUP).to(torch.int8)
-        self.code = torch.where(newly, code, self.code)
-        self.stop_step = torch.where(newly, self.mstep, self.stop_step)
-        self.active &= ~newly
+        for a, e, _, start in self._groups:
+            if start == self.gstep:  # first step of these members: record loss0
+                self.loss0[a:e] = l64[a:e]
+                lim = l64[a:e] * cfg.blowup_factor
+                self.limit[a:e] = torch.where(torch.isfinite(l64[a:e]), lim, -math.inf)
+        bad = ~(l64 <= self.limit)  # NaN, +inf, blowup (and any loss after a non-finite loss0)
+        newly = self.active & bad
+        self.stop_g = torch.where(newly, self.gstep + 1, self.stop_g)
+        self.stop_loss = torch.where(newly, l64, self.stop_loss)
+        self.active &= ~bad
         # backward by hand: d loss / d logits = (softmax - onehot) / B, as autograd computes it
         inv_b = 1.0 / B
         g = torch.exp(logp).mul_(inv_b)
@@ -395,17 +420,17 @@ class TrialBatch:
             dW = torch.bmm(g.transpose(1, 2), hs[l])  # (M, out, in)
             db = g.sum(1)
             dh = torch.bmm(g, self.W[l])
-            g = dh.mul_(hs[l] > 0)  # ReLU'(z) = 1[z > 0] = 1[h > 0]
-            lr = self.neg_lr[:, l]
-            self.W[l].addcmul_(dW, lr.view(M, 1, 1))
-            self.b[l].addcmul_(db, lr.view(M, 1))
+            g = _relu_backward(dh, hs[l])  # ReLU'(z) = 1[z > 0] = 1[h > 0], as autograd
+            lr_w, lr_b = self._lr_views[l]
+            self.W[l].addcmul_(dW, lr_w)
+            self.b[l].addcmul_(db, lr_b)
         if self.train_input:
-            lr = self.neg_lr[:, 0]
+            lr_w, lr_b = self._lr_views[0]
             for (a, e, _, _), x in zip(self._groups, xs):
                 dz = g[a:e].transpose(0, 1).reshape(B, (e - a) * w1)
                 dW = torch.mm(dz.t(), x).view(e - a, w1, n0)
-                W0[a:e].addcmul_(dW, lr[a:e].view(-1, 1, 1))
-            self.b[0].addcmul_(g.sum(1), lr.view(M, 1))
+                W0[a:e].addcmul_(dW, lr_w[a:e])
+            self.b[0].addcmul_(g.sum(1), lr_b)
         self.steps_run += 1
         self.member_steps += M
         self.gstep += 1
@@ -469,14 +494,15 @@ class TrialBatch:
                 break  # a member diverged: free its slot now (cheap on the CPU)
         self.syncs += 1
         # one transfer of the per-member stopping state
-        active, code, stop, loss0 = (t.cpu() for t in (self.active, self.code,
-                                                       self.stop_step, self.loss0))
+        active, stop_g, stop_loss, loss0 = (t.cpu() for t in (self.active, self.stop_g,
+                                                              self.stop_loss, self.loss0))
         keep, due = [], []
         for i, m in enumerate(self.members):
             s = self._member_step(m)
             if not active[i]:
-                c = int(code[i])
-                done.append((m.uid, self._result(m, False, _CODE_REASON[c], int(stop[i]),
+                reason = ("diverged_blowup" if math.isfinite(float(stop_loss[i]))
+                          else "diverged_nonfinite")
+                done.append((m.uid, self._result(m, False, reason, int(stop_g[i]) - m.start,
                                                  float(loss0[i])), m.tag))
             elif s % cfg.eval_every == 0 or s == cfg.step_budget:
                 due.append(i)
@@ -770,8 +796,9 @@ def eta_star_batched(
         evaluation points.
     max_members: cap on trials trained at once (see :class:`TrialBatch`).
     scan_window: with ``scan="top-down"``, how many scan points of a seed run at once
-        (default: all on CUDA, where extra members are nearly free; 2 on the CPU, where each
-        costs its compute). It changes the cost and the cancelled entries of the log, never
+        (default: all on CUDA, where extra members are nearly free; 1 on the CPU, where each
+        costs its compute: the scan then tries the same points as the sequential top-down
+        scan, and a point that diverges frees its slot within a step). It changes the cost and the cancelled entries of the log, never
         ``eta_star``, the bracket or the status.
     stats: if a dict is given, it receives the batch's counters (``steps_run``,
         ``member_steps``, ``syncs``, ``flops``, ``max_members_seen``).
@@ -788,7 +815,7 @@ def eta_star_batched(
         raise ValueError(f"seeds={seeds} must not repeat")
     k = search.k if k is None else check_int("k", k, 1)
     if scan_window is None:
-        scan_window = None if torch.device(device).type == "cuda" else 2
+        scan_window = None if torch.device(device).type == "cuda" else 1
     else:
         scan_window = check_int("scan_window", scan_window, 1)
     batch = TrialBatch(cfg, data, device, max_members=max_members)

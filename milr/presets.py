@@ -17,7 +17,10 @@ PRESETS: dict[str, dict] = {
         "seeds": [0, 1, 2],
         "trial": {"batch_size": 64, "step_budget": 400, "eval_every": 25, "n_val": 1000,
                   "input_lr_scale": 0.01},
-        "search": {"eta_lo": 1e-3, "eta_hi": 30.0, "tol": 0.1, "scan_factor": 4.0},
+        # batched k-section search (milr.batched), 2 rates per round: on 2 CPU cores extra
+        # rates cost their compute (README, Performance); method="bisect" is Algorithm 1
+        "search": {"eta_lo": 1e-3, "eta_hi": 30.0, "tol": 0.1, "scan_factor": 4.0,
+                   "method": "batched", "k": 2},
         # lambda_1 at initialisation (milr.sharpness.SharpnessTask; input_lr_scale: trial's)
         "sharpness": {"n_subset": 1000, "tol": 1e-5},
     },
@@ -28,7 +31,9 @@ PRESETS: dict[str, dict] = {
         "seeds": [0, 1, 2, 3, 4],
         "trial": {"batch_size": 64, "step_budget": 938, "eval_every": 25, "n_val": 10000,
                   "input_lr_scale": 0.01},
-        "search": {"eta_lo": 1e-4, "eta_hi": 30.0, "tol": 0.05, "scan_factor": 4.0},
+        # batched search, up to 8 rates per round (a GPU trains them at nearly the cost of one)
+        "search": {"eta_lo": 1e-4, "eta_hi": 30.0, "tol": 0.05, "scan_factor": 4.0,
+                   "method": "batched", "k": 8},
         "sharpness": {"n_subset": 2048, "tol": 1e-6, "gauss_newton": True},
     },
     "smoke": {
