@@ -1,0 +1,523 @@
+"""The maximal learning rate *later* in training, for the paper's contrast with eta*.
+
+The paper (Iyer, Hanin & Rolnick 2023, Sec. 1 and 6) says that eta*, the maximal *initial*
+learning rate, behaves differently from the maximal learning rate later in training. The
+paper's protocol for "later" is not recoverable, so everything here is **our documented
+choice**:
+
+1. **Warm-up.** The network of a (data set, depth, width, seed) is initialised exactly as the
+   eta* trials initialise it (:func:`milr.models.make_mlp`) and trained with the trials' rules
+   (plain SGD, cross-entropy, batch size, input layer at ``input_lr_scale x eta``) for
+   ``warmup_steps`` steps at a small constant rate ``warmup_lr``. The task builder
+   (:func:`late_lr_tasks`) sets ``warmup_lr = warmup_fraction x eta*`` (default 0.1 x the
+   median eta* over the seeds of that configuration, rounded to 3 significant digits, so
+   that every network is equally far below its own initial limit).
+2. **Trial.** From a copy of that trained state, ``trial_steps`` more SGD steps at rate eta
+   (input layer at ``input_lr_scale x eta``), on the minibatches that follow the warm-up's in
+   the seed's data stream (:func:`milr.train.batch_indices`), so every trial of a seed sees
+   the same data.
+3. **Success** ("training continues without diverging or losing accuracy"): no loss or
+   parameter became non-finite, no batch loss exceeded ``blowup_factor`` x the trial's first
+   batch loss (the eta* trials' divergence rule), and the validation accuracy after the last
+   step is at least the accuracy at the start of the trial minus ``delta`` (default 0.02,
+   about 1.5 binomial standard deviations of an accuracy near 0.8 on the 1000-image
+   validation subset). A spike that recovers within the trial counts as success, as it does
+   for eta*.
+4. **Search.** The same scan-then-bisect bracketing search as eta*
+   (:func:`milr.search.eta_star_single`: geometric scan from ``eta_hi`` down, then bisection
+   between the largest success and the first failure above it, to ``u / l <= 1 + tol``).
+   Its result, ``eta_late``, is the largest rate observed to succeed.
+5. **Sharpness at that point.** lambda_1 of the training loss at the warmed-up parameters, on
+   the fixed sharpness subset (:func:`milr.sharpness.sharpness_subset`), as the *effective*
+   sharpness ``lambda_max(P^1/2 H P^1/2)`` with P the per-layer rate multipliers: gradient
+   descent at rate eta is stable on the local quadratic iff ``eta < 2 / lambda_1_eff`` (the
+   edge-of-stability relation of Cohen et al. 2021 that the late-stage rate is compared with).
+
+The trial and the search take any model with a ``layers`` list and any loss and score, so the
+tests check them on a linear regression whose stability limit 2 / lambda_1 is exact.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import SearchConfig, check_float, check_int
+from .data import CHANCE_ACCURACY, DATASETS, Dataset
+from .search import EtaStarResult, eta_star_single
+
+__all__ = ["LateTrialResult", "late_trial", "late_max_lr", "warm_up", "WarmUpResult",
+           "LateLRTask", "late_lr_tasks", "round_sig", "KIND", "REASONS"]
+
+log = logging.getLogger(__name__)
+
+KIND = "late_lr"
+REASONS = ("kept_accuracy", "lost_accuracy", "diverged_nonfinite", "diverged_blowup")
+DTYPES = ("float32", "float64")
+
+
+def round_sig(x: float, digits: int = 3) -> float:
+    """``x`` rounded to ``digits`` significant digits (so configuration keys do not depend on
+    the last bits of a measured rate). ``ValueError`` for a non-finite or non-positive x."""
+    x = check_float("x", x, 0.0, lo_open=True)
+    digits = check_int("digits", digits, 1, 15)
+    return float(f"{x:.{digits - 1}e}")
+
+
+@torch.no_grad()
+def _accuracy(model, x: torch.Tensor, y: torch.Tensor) -> float:
+    return (model(x).argmax(dim=1) == y).double().mean().item()
+
+
+def _params_finite(model) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def _sgd(model, eta: float, lr_scales: Sequence[float]) -> torch.optim.SGD:
+    layers = list(model.layers)
+    if len(lr_scales) != len(layers):
+        raise ValueError(f"lr_scales has {len(lr_scales)} entries; the model has "
+                         f"{len(layers)} layers")
+    groups = [{"params": list(layer.parameters()), "lr": eta * float(s)}
+              for layer, s in zip(layers, lr_scales)]
+    return torch.optim.SGD(groups, lr=eta, momentum=0.0)
+
+
+@dataclass
+class LateTrialResult:
+    """Outcome of one late-stage trial (``trial_steps`` SGD steps from a trained state).
+
+    eta: learning rate of the trial (hidden and read-out layers; other layers use their
+        multiplier, see ``lr_scales``).
+    success: no divergence and ``score_end >= score_start - delta``.
+    reason: ``kept_accuracy`` (success), ``lost_accuracy``, ``diverged_nonfinite`` (a loss or
+        parameter became NaN or +/-inf) or ``diverged_blowup`` (a batch loss exceeded
+        ``blowup_factor`` x the trial's first batch loss).
+    steps: steps taken (the step at which divergence was detected, else all of them).
+    score_start, score_end: validation score (accuracy for classification) before the first
+        and after the last step (NaN when the trial diverged).
+    loss_first, loss_max: first and largest batch loss of the trial.
+    wall_time: seconds.
+    """
+
+    eta: float
+    success: bool
+    reason: str
+    steps: int
+    score_start: float
+    score_end: float
+    loss_first: float
+    loss_max: float
+    wall_time: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def late_trial(
+    model,
+    eta: float,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    order: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    *,
+    lr_scales: Sequence[float],
+    delta: float = 0.02,
+    blowup_factor: float = 100.0,
+    score_start: float | None = None,
+    loss_fn: Callable = F.cross_entropy,
+    score_fn: Callable = _accuracy,
+) -> LateTrialResult:
+    """Train a *copy* of ``model`` for ``len(order)`` SGD steps at rate ``eta``; did it keep
+    training without diverging or losing more than ``delta`` of its validation score?
+
+    Parameters
+    ----------
+    model: a network with a ``layers`` list (e.g. :class:`milr.models.MLP`); never modified.
+    eta: learning rate, finite and > 0; layer ``l`` trains at ``lr_scales[l] * eta``.
+    x_train ``(N, n0)``, y_train ``(N,)``: training data; order ``(steps, B)`` int64: the
+        row indices of each step's minibatch.
+    x_val, y_val: the validation data the score is measured on.
+    lr_scales: one multiplier per entry of ``model.layers``.
+    delta: allowed loss of score, >= 0 (default 0.02 of accuracy; our choice, see the module
+        docstring).
+    blowup_factor: divergence when a batch loss exceeds this x the trial's first batch loss
+        (> 1; default 100, the eta* trials' rule).
+    score_start: the score of ``model`` on the validation data (computed when omitted; pass
+        it to save one evaluation per trial).
+    loss_fn: ``loss_fn(model(x), y) -> scalar`` (default mean cross-entropy).
+    score_fn: ``score_fn(model, x_val, y_val) -> float``, higher is better (default
+        accuracy; tests use minus the loss for a regression).
+
+    Raises ``ValueError`` for a bad ``eta``, ``delta``, ``blowup_factor``, ``order`` or
+    ``lr_scales``. Source: our definition of "continues training" (module docstring).
+    """
+    eta = check_float("eta", eta, 0.0, lo_open=True)
+    delta = check_float("delta", delta, 0.0)
+    blowup_factor = check_float("blowup_factor", blowup_factor, 1.0, lo_open=True)
+    if order.ndim != 2 or order.shape[0] < 1:
+        raise ValueError(f"order must be a (steps, B) index tensor with steps >= 1, got "
+                         f"shape {tuple(order.shape)}")
+    t0 = time.perf_counter()
+    net = copy.deepcopy(model)
+    if score_start is None:
+        score_start = float(score_fn(net, x_val, y_val))
+    opt = _sgd(net, eta, lr_scales)
+    loss_first = loss_max = math.nan
+    reason, steps = "kept_accuracy", int(order.shape[0])
+    for step in range(1, order.shape[0] + 1):
+        idx = order[step - 1]
+        loss = loss_fn(net(x_train[idx]), y_train[idx])
+        lv = float(loss.item())
+        if step == 1:
+            loss_first = lv
+        if not math.isfinite(lv):
+            reason, steps = "diverged_nonfinite", step
+            break
+        loss_max = lv if math.isnan(loss_max) else max(loss_max, lv)
+        if lv > blowup_factor * loss_first:
+            reason, steps = "diverged_blowup", step
+            break
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    score_end = math.nan
+    if reason == "kept_accuracy":
+        if not _params_finite(net):
+            reason = "diverged_nonfinite"
+        else:
+            score_end = float(score_fn(net, x_val, y_val))
+            if not math.isfinite(score_end) or score_end < score_start - delta:
+                reason = "lost_accuracy"
+    return LateTrialResult(
+        eta=float(eta), success=reason == "kept_accuracy", reason=reason, steps=int(steps),
+        score_start=float(score_start), score_end=float(score_end),
+        loss_first=float(loss_first), loss_max=float(loss_max),
+        wall_time=time.perf_counter() - t0,
+    )
+
+
+def late_max_lr(
+    model,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    order: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    search: SearchConfig | None = None,
+    *,
+    lr_scales: Sequence[float],
+    delta: float = 0.02,
+    blowup_factor: float = 100.0,
+    loss_fn: Callable = F.cross_entropy,
+    score_fn: Callable = _accuracy,
+    seed: int = 0,
+) -> EtaStarResult:
+    """The largest rate at which training continues from ``model``'s current state: the eta*
+    search (:func:`milr.search.eta_star_single`, scan then bisection) run on
+    :func:`late_trial` (same arguments) instead of a trial from initialisation.
+
+    Every trial starts from the same state and sees the same minibatches ``order``, so the
+    result depends on eta only. Returns a :class:`milr.search.EtaStarResult` whose
+    ``eta_star`` is the late-stage maximal rate (NaN and status ``no_success`` when even
+    ``search.eta_lo`` fails) and whose ``trials`` log holds each :class:`LateTrialResult`.
+    ``seed`` is only recorded. Raises ``ValueError`` like :func:`late_trial`.
+    """
+    search = SearchConfig() if search is None else search
+    score0 = float(score_fn(model, x_val, y_val))
+
+    def trial(eta: float) -> LateTrialResult:
+        return late_trial(model, eta, x_train, y_train, order, x_val, y_val,
+                          lr_scales=lr_scales, delta=delta, blowup_factor=blowup_factor,
+                          score_start=score0, loss_fn=loss_fn, score_fn=score_fn)
+
+    return eta_star_single(trial, search, seed=seed)
+
+
+@dataclass
+class WarmUpResult:
+    """State after the warm-up (see :func:`warm_up`).
+
+    diverged: the warm-up itself diverged (non-finite loss or parameter, or a batch loss
+        above ``blowup_factor`` x the first one). val_acc, val_loss: accuracy and mean
+        cross-entropy on the validation subset after the last step. train_loss_last: mean of
+        the last ``min(50, steps)`` batch losses. steps: steps taken. wall_time: seconds.
+    """
+
+    diverged: bool
+    val_acc: float
+    val_loss: float
+    train_loss_last: float
+    steps: int
+    wall_time: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def warm_up(model, lr: float, x_train, y_train, order, x_val, y_val, *,
+            lr_scales: Sequence[float], blowup_factor: float = 100.0) -> WarmUpResult:
+    """Train ``model`` *in place* with plain SGD at constant rate ``lr`` (layer ``l`` at
+    ``lr_scales[l] * lr``) on the minibatches ``order`` ``(steps, B)``, cross-entropy loss.
+
+    Stops early (``diverged=True``) on a non-finite loss or parameter or a batch loss above
+    ``blowup_factor`` x the first one (the eta* trials' rule). Raises ``ValueError`` for a
+    bad ``lr`` or ``order``.
+    """
+    lr = check_float("lr", lr, 0.0, lo_open=True)
+    if order.ndim != 2 or order.shape[0] < 1:
+        raise ValueError(f"order must be a (steps, B) index tensor, got {tuple(order.shape)}")
+    t0 = time.perf_counter()
+    opt = _sgd(model, lr, lr_scales)
+    losses: list[float] = []
+    diverged, steps = False, int(order.shape[0])
+    for step in range(1, order.shape[0] + 1):
+        idx = order[step - 1]
+        loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
+        lv = float(loss.item())
+        losses.append(lv)
+        if not math.isfinite(lv) or lv > blowup_factor * losses[0]:
+            diverged, steps = True, step
+            break
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    diverged = diverged or not _params_finite(model)
+    acc = vloss = math.nan
+    if not diverged:
+        with torch.no_grad():
+            logits = model(x_val)
+            acc = (logits.argmax(1) == y_val).double().mean().item()
+            vloss = float(F.cross_entropy(logits, y_val))
+    tail = [v for v in losses[-50:] if math.isfinite(v)]
+    return WarmUpResult(diverged, float(acc), float(vloss),
+                        float(np.mean(tail)) if tail else math.nan, steps,
+                        time.perf_counter() - t0)
+
+
+@dataclass(frozen=True)
+class LateLRTask:
+    """One late-stage maximal-learning-rate search (one configuration, one seed); sweep task
+    of kind ``"late_lr"`` (:mod:`milr.sweep` protocol).
+
+    dataset, depth, width, seed: the network, initialised as the eta* trials do.
+    warmup_lr: constant rate of the warm-up (> 0; the builder uses 0.1 x eta*).
+    warmup_steps: SGD steps of the warm-up (default 400, the quick preset's trial budget).
+    trial_steps: SGD steps of each late trial (default 100).
+    delta: allowed loss of validation accuracy in a trial (default 0.02).
+    batch_size, n_val, input_lr_scale, blowup_factor, dtype: as in
+        :class:`milr.config.TrialConfig` (defaults: the quick preset's).
+    n_subset, sharpness_tol: subset size and Lanczos tolerance of lambda_1 at the warmed-up
+        state (:func:`milr.sharpness.sharpness`; defaults 1000 and 1e-4).
+    plain_sharpness: also compute the plain lambda_1 (all layers at multiplier 1).
+    search: the bracketing search's rules (:class:`milr.config.SearchConfig`; it always runs
+        sequentially: ``method`` is set to ``"bisect"``).
+    eta_star_ref, warmup_fraction: where ``warmup_lr`` came from (copied into the result;
+        not part of the record's key, which ``warmup_lr`` already fixes).
+    """
+
+    dataset: str
+    depth: int
+    width: int
+    seed: int
+    warmup_lr: float
+    warmup_steps: int = 400
+    trial_steps: int = 100
+    delta: float = 0.02
+    batch_size: int = 64
+    n_val: int = 1000
+    input_lr_scale: float = 0.01
+    blowup_factor: float = 100.0
+    dtype: str = "float32"
+    n_subset: int = 1000
+    sharpness_tol: float = 1e-4
+    plain_sharpness: bool = False
+    search: SearchConfig = field(default_factory=SearchConfig)
+    eta_star_ref: float | None = None
+    warmup_fraction: float | None = None
+    kind = KIND
+
+    def __post_init__(self):
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset={self.dataset!r} is not known; allowed: "
+                             f"{', '.join(DATASETS)}")
+        for name, lo in (("depth", 1), ("width", 1), ("seed", 0), ("warmup_steps", 1),
+                         ("trial_steps", 1), ("batch_size", 1), ("n_val", 1), ("n_subset", 1)):
+            set_(name, check_int(name, getattr(self, name), lo))
+        set_("warmup_lr", check_float("warmup_lr", self.warmup_lr, 0.0, lo_open=True))
+        set_("delta", check_float("delta", self.delta, 0.0, 1.0))
+        set_("input_lr_scale", check_float("input_lr_scale", self.input_lr_scale, 0.0, 1.0))
+        set_("blowup_factor", check_float("blowup_factor", self.blowup_factor, 1.0,
+                                          lo_open=True))
+        set_("sharpness_tol", check_float("sharpness_tol", self.sharpness_tol, 0.0, 1.0,
+                                          lo_open=True, hi_open=True))
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype={self.dtype!r} must be one of {DTYPES}")
+        if not isinstance(self.plain_sharpness, bool):
+            raise TypeError(f"plain_sharpness={self.plain_sharpness!r} must be True or False")
+        search = self.search
+        if isinstance(search, dict):
+            search = SearchConfig(**search)
+        if not isinstance(search, SearchConfig):
+            raise TypeError(f"search={search!r} must be a SearchConfig or a dict of its fields")
+        if search.method != "bisect":
+            search = SearchConfig(**{**search.to_dict(), "method": "bisect"})
+        set_("search", search)
+        for name in ("eta_star_ref", "warmup_fraction"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, float) and math.isnan(v)):
+                set_(name, check_float(name, v, 0.0, lo_open=True))
+
+    def record_config(self) -> dict:
+        """Flat JSON configuration that keys the record (seed included; ``eta_star_ref`` and
+        ``warmup_fraction`` left out: ``warmup_lr`` fixes the computation)."""
+        d = asdict(self)
+        for k in ("search", "eta_star_ref", "warmup_fraction"):
+            d.pop(k)
+        d.update({f"search_{k}": v for k, v in self.search.to_dict().items()})
+        d["loss"] = "mean_cross_entropy"
+        d["criterion"] = "no divergence and val_acc_end >= val_acc_start - delta"
+        return d
+
+    def lr_scales(self) -> list[float]:
+        from .models import layer_lr_scales
+
+        return layer_lr_scales(self.depth, self.input_lr_scale)
+
+    def prepare(self, data: Dataset | None = None, device: str | torch.device = "cpu"):
+        """Build and warm up the network. Returns ``(model, warm, tensors)``: the trained
+        model, its :class:`WarmUpResult` and a dict of the tensors the trials use
+        (``x_train``, ``y_train``, ``order`` (trial_steps, B), ``x_val``, ``y_val``)."""
+        from .data import load_dataset
+        from .models import make_mlp
+        from .train import batch_indices, torch_dtype, val_subset
+
+        data = load_dataset(self.dataset) if data is None else data
+        dt = torch_dtype(self.dtype)
+        xtr = data.x_train.to(device=device, dtype=dt)
+        ytr = data.y_train.to(device=device)
+        xv, yv = val_subset(data, self.n_val)
+        xv, yv = xv.to(device=device, dtype=dt), yv.to(device=device)
+        order = batch_indices(len(ytr), self.batch_size, self.warmup_steps + self.trial_steps,
+                              self.seed).to(device)
+        model = make_mlp(data.input_dim, self.width, self.depth, data.n_classes, self.seed,
+                         dt, device)
+        warm = warm_up(model, self.warmup_lr, xtr, ytr, order[: self.warmup_steps], xv, yv,
+                       lr_scales=self.lr_scales(), blowup_factor=self.blowup_factor)
+        tensors = {"x_train": xtr, "y_train": ytr, "order": order[self.warmup_steps:],
+                   "x_val": xv, "y_val": yv}
+        return model, warm, tensors
+
+    def compute(self, device: str | torch.device = "cpu") -> dict:
+        """Warm up, search the late-stage maximal rate, measure lambda_1 at the warmed-up
+        state. Result fields: ``eta_late`` (NaN if the warm-up diverged or nothing
+        succeeded), ``bracket_lo``, ``bracket_hi``, ``status`` (the search's, or
+        ``warmup_diverged``), ``non_interval``, ``n_trials``; ``warmup_*`` (accuracy, losses,
+        wall time); ``lambda_1_eff`` (and ``lambda_1`` with ``plain_sharpness``) with
+        residual, HVP count and convergence; ``stability_limit_eff = 2 / lambda_1_eff``;
+        ``eta_star_ref``, ``warmup_fraction``; ``trials`` (the search's log)."""
+        from .data import load_dataset
+        from .sharpness import sharpness, sharpness_subset
+        from .train import torch_dtype
+
+        t0 = time.perf_counter()
+        data = load_dataset(self.dataset)
+        model, warm, tt = self.prepare(data, device)
+        out: dict = {"eta_star_ref": self.eta_star_ref, "warmup_fraction": self.warmup_fraction,
+                     "chance": CHANCE_ACCURACY[self.dataset]}
+        out.update({f"warmup_{k}": v for k, v in warm.to_dict().items()})
+        if warm.diverged:
+            out.update(eta_late=math.nan, bracket_lo=math.nan, bracket_hi=math.nan,
+                       status="warmup_diverged", non_interval=False, n_trials=0, trials=[],
+                       lambda_1_eff=math.nan, stability_limit_eff=math.nan,
+                       wall_time=time.perf_counter() - t0)
+            return out
+        res = late_max_lr(model, tt["x_train"], tt["y_train"], tt["order"], tt["x_val"],
+                          tt["y_val"], self.search, lr_scales=self.lr_scales(),
+                          delta=self.delta, blowup_factor=self.blowup_factor, seed=self.seed)
+        out.update(eta_late=res.eta_star, bracket_lo=res.bracket_lo, bracket_hi=res.bracket_hi,
+                   status=res.status, non_interval=res.non_interval, n_trials=res.n_trials,
+                   search_wall_time=res.wall_time, trials=res.trials)
+        x, y = sharpness_subset(data, self.n_subset)
+        jobs = [("lambda_1_eff", self.lr_scales())]
+        if self.plain_sharpness:
+            jobs.append(("lambda_1", None))
+        for name, sc in jobs:
+            r = sharpness(model, x, y, part="hessian", lr_scales=sc, tol=self.sharpness_tol,
+                          dtype=torch.float64, device=device)
+            out[name] = r.eigenvalue
+            out[f"{name}_residual"] = r.residual_norm
+            out[f"{name}_n_hvp"] = r.n_hvp
+            out[f"{name}_converged"] = r.converged
+            out[f"{name}_wall_time"] = r.wall_time
+        lam = out["lambda_1_eff"]
+        out["stability_limit_eff"] = 2.0 / lam if lam > 0 else math.nan
+        out["wall_time"] = time.perf_counter() - t0
+        return out
+
+
+def late_lr_tasks(
+    datasets: Iterable[str],
+    depths: Iterable[int],
+    widths: Iterable[int],
+    seeds: Iterable[int],
+    eta_star_ref: Mapping[tuple, float],
+    warmup_fraction: float = 0.1,
+    search: dict | SearchConfig | None = None,
+    min_width_over_depth: float = 1.0,
+    **options,
+) -> list[LateLRTask]:
+    """All late-stage tasks of a grid (data sets x depths x widths x seeds).
+
+    ``eta_star_ref[(dataset, depth, width)]`` is the configuration's eta* (e.g. the median
+    over seeds from the eta* store); the warm-up rate is ``round_sig(warmup_fraction x
+    eta*, 3)``. A configuration whose eta* is missing, NaN or <= 0 (no rate reached the
+    threshold) is left out, since it has no reference rate. Networks with ``width <
+    min_width_over_depth x depth`` are left out (the eta* grids' rule). ``options`` are other
+    :class:`LateLRTask` fields. Raises ``ValueError``/``TypeError`` naming the first bad
+    parameter; nothing is computed.
+    """
+    frac = check_float("warmup_fraction", warmup_fraction, 0.0, 1.0, lo_open=True)
+    mwd = check_float("min_width_over_depth", min_width_over_depth, 0.0)
+    seeds = [check_int("seed", s, 0) for s in seeds]
+    datasets, depths, widths = list(datasets), list(depths), list(widths)
+    for name, vals in (("datasets", datasets), ("depths", depths), ("widths", widths),
+                       ("seeds", seeds)):
+        if not vals:
+            raise ValueError(f"{name} must not be empty")
+    allowed = set(LateLRTask.__dataclass_fields__) - {
+        "dataset", "depth", "width", "seed", "warmup_lr", "eta_star_ref", "warmup_fraction",
+        "search"}
+    bad = set(options) - allowed
+    if bad:
+        raise ValueError(f"unknown option(s) {sorted(bad)}; allowed: {sorted(allowed)}")
+    if search is None:
+        search_cfg = SearchConfig()
+    elif isinstance(search, SearchConfig):
+        search_cfg = search
+    else:
+        search_cfg = SearchConfig(**{k: v for k, v in dict(search).items()})
+    tasks = []
+    for ds in datasets:
+        for d in depths:
+            for w in widths:
+                if w < mwd * d:
+                    continue
+                ref = eta_star_ref.get((ds, d, w))
+                if ref is None or not math.isfinite(float(ref)) or float(ref) <= 0:
+                    continue
+                lr = round_sig(frac * float(ref), 3)
+                tasks.extend(LateLRTask(ds, d, w, s, lr, search=search_cfg,
+                                        eta_star_ref=float(ref), warmup_fraction=frac,
+                                        **options) for s in seeds)
+    return tasks
