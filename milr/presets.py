@@ -49,6 +49,62 @@ PRESETS: dict[str, dict] = {
 }
 
 
+# Grids of the condition and claim figures (milr.conditions, milr.late; their notebooks say
+# what was reduced against the main grid to fit the budget). Trial and search rules are the
+# preset's, so the default settings reuse the main figure's records.
+_CONDITIONS = {
+    "quick": {
+        # narrow-and-deep networks (every d/w kept); the reference is the main grid's w/d >= 16
+        "width_vs_depth": {"depths": [4, 8, 16, 32], "widths": [16, 32, 64], "seeds": [0, 1],
+                           "reference_min_width_over_depth": 16.0, "tolerance": 2.0},
+        "input_lr": {"input_lr_scales": [1.0, 0.1, 0.01, 0.001, 0.0], "depths": [1, 2, 4],
+                     "widths": [32, 128, 512], "seeds": [0, 1]},
+        # thresholds up to near the best accuracy reached in the budget (includes defaults)
+        "threshold_budget": {"thresholds": {"fashion-mnist": [0.7, 0.75, 0.8],
+                                            "gaussian": [0.85, 0.9, 0.93]},
+                             "step_budgets": [200, 400, 800], "depths": [1, 2, 4],
+                             "widths": [32, 128], "seeds": [0, 1]},
+        # warm-up 400 steps at 0.1 x eta*, then trials of 100 steps (milr.late)
+        "late_lr": {"depths": [1, 2, 4], "widths": [32, 128, 512], "seeds": [0, 1],
+                    "reference_seeds": [0, 1, 2], "warmup_fraction": 0.1,
+                    "late": {"warmup_steps": 400, "trial_steps": 100, "delta": 0.02,
+                             "n_subset": 1000, "sharpness_tol": 1e-4}},
+    },
+    "paper": {
+        "width_vs_depth": {"depths": [4, 8, 16, 32, 64], "widths": [16, 32, 64, 128],
+                           "seeds": [0, 1, 2], "reference_min_width_over_depth": 16.0,
+                           "tolerance": 2.0},
+        "input_lr": {"input_lr_scales": [1.0, 0.1, 0.01, 0.001, 0.0], "depths": [1, 2, 4, 8],
+                     "widths": [32, 128, 512, 2048], "seeds": [0, 1, 2]},
+        "threshold_budget": {"thresholds": {"fashion-mnist": [0.7, 0.75, 0.8, 0.83],
+                                            "gaussian": [0.85, 0.9, 0.93],
+                                            "mnist": [0.9, 0.925, 0.95],
+                                            "cifar10": [0.3, 0.34, 0.4]},
+                             "step_budgets": [469, 938, 1876], "depths": [1, 2, 4, 8],
+                             "widths": [32, 128, 512], "seeds": [0, 1, 2]},
+        "late_lr": {"depths": [1, 2, 4, 8], "widths": [32, 128, 512, 2048],
+                    "seeds": [0, 1, 2], "reference_seeds": [0, 1, 2, 3, 4],
+                    "warmup_fraction": 0.1,
+                    "late": {"warmup_steps": 938, "trial_steps": 200, "delta": 0.02,
+                             "n_subset": 2048, "sharpness_tol": 1e-5}},
+    },
+    "smoke": {
+        "width_vs_depth": {"depths": [2, 8], "widths": [4, 16], "seeds": [0],
+                           "reference_min_width_over_depth": 8.0, "tolerance": 2.0},
+        "input_lr": {"input_lr_scales": [1.0, 0.0], "depths": [1, 2], "widths": [16, 32],
+                     "seeds": [0]},
+        "threshold_budget": {"thresholds": {"gaussian": [0.8, 0.85]}, "step_budgets": [60, 100],
+                             "depths": [1, 2], "widths": [16, 32], "seeds": [0]},
+        "late_lr": {"depths": [1, 2], "widths": [16, 32], "seeds": [0], "reference_seeds": [0],
+                    "warmup_fraction": 0.1,
+                    "late": {"warmup_steps": 50, "trial_steps": 20, "delta": 0.02,
+                             "n_subset": 100, "sharpness_tol": 1e-3}},
+    },
+}
+for _name, _entries in _CONDITIONS.items():
+    PRESETS[_name].update(_entries)
+
+
 def get_preset(name: str) -> dict:
     """A deep copy of preset ``name``; ``ValueError`` lists the known names."""
     if name not in PRESETS:
