@@ -1,0 +1,416 @@
+"""The claims scorecard: every claim of the paper, the evidence we measured, a verdict.
+
+Each verdict comes from a rule written here (never typed by hand), applied to the cached
+results of the figure notebooks. The rules (our choices; the scorecard notebook prints them):
+
+* **power law** (:func:`verdict_power_law`): *supported* if R^2 >= 0.8 and the 95 % bootstrap
+  interval of alpha excludes 0 (alpha_lo > 0); *partly* if R^2 >= 0.5 and alpha_lo > 0; else
+  *not supported*.
+* **condition (i), width large compared with depth** (:func:`verdict_width_depth`):
+  *supported* if the w >> d reference law is supported (rule above) and the law breaks at a
+  finite d/w inside the tested grid (:func:`milr.conditions.law_breakdown`); *partly* if it
+  breaks but the reference law is only partly supported; *not supported* if it never breaks
+  on the grid (the condition was not needed) or the reference law itself fails.
+* **condition (ii), small input-layer rate** (:func:`verdict_input_lr`): *supported* if the
+  law is supported at every small factor (<= 0.01) and not supported at the largest factor;
+  *partly* if it is supported everywhere but alpha at the largest factor lies outside the
+  small factors' alpha intervals (the law survives, its exponent changes); *not supported*
+  otherwise.
+* **claim 2, eta* differs from the late-stage maximal rate** (:func:`verdict_late`):
+  *supported* if the alpha intervals of eta* and of the late rate do not overlap or the ratio
+  late / eta* has a power-law slope in d w whose interval excludes 0; *partly* if only the
+  level differs (median ratio outside [1/2, 2]); *not supported* otherwise.
+* **claim 3, eta* and lambda_1 related but not inversely** (:func:`verdict_sharpness_relation`):
+  fit eta* ~ lambda_1^-beta. *Related*: R^2 >= 0.5 and beta_lo > 0; *not inverse*: the beta
+  interval excludes 1. *Supported* if both; *partly* if related but an inverse law
+  (beta = 1) is not excluded; *not supported* if not related.
+* **claim 4, lambda_1 bounded in terms of d w** (:func:`verdict_sharpness_bounds`): fit
+  lambda_1 ~ (d w)^gamma. *Supported* if R^2 >= 0.8 and gamma_lo > 0 (then
+  ``c_lo (d w)^gamma <= lambda_1 <= c_hi (d w)^gamma`` on the grid, with the constants
+  reported); *partly* if R^2 >= 0.5 and gamma_lo > 0; else *not supported*.
+* **robustness to threshold and budget** (ours, not a claim of the paper,
+  :func:`verdict_robustness`): *supported* if the power-law rule says supported under every
+  threshold and every budget; *partly* if under at least half of them; else *not supported*.
+
+A row with no cached data says ``no data``.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .fit import PowerLawFit, fit_power_law
+
+__all__ = ["SUPPORTED", "PARTLY", "NOT_SUPPORTED", "NO_DATA", "VERDICTS", "R2_STRONG",
+           "R2_WEAK", "CLAIMS", "ClaimRow", "verdict_power_law", "verdict_width_depth",
+           "verdict_input_lr", "verdict_late", "verdict_sharpness_relation",
+           "verdict_sharpness_bounds", "verdict_robustness", "fmt_fit", "intervals_overlap",
+           "to_markdown", "scorecard_figure", "collect_scorecard", "RULES"]
+
+SUPPORTED, PARTLY, NOT_SUPPORTED, NO_DATA = "supported", "partly", "not supported", "no data"
+VERDICTS = (SUPPORTED, PARTLY, NOT_SUPPORTED, NO_DATA)
+#: R^2 thresholds of the rules (our choice).
+R2_STRONG, R2_WEAK = 0.8, 0.5
+
+#: (id, claim, figure name) of every row, in the scorecard's order.
+CLAIMS = [
+    ("1", "η* follows a power law c·(d·w)^-α", "fig_eta_star_vs_dw"),
+    ("1 (i)", "…only when the width is large compared with the depth", "fig_width_vs_depth"),
+    ("1 (ii)", "…only when the input layer trains at a small learning rate", "fig_input_lr"),
+    ("2", "η* behaves differently from the maximal learning rate later in training",
+     "fig_late_lr"),
+    ("3", "η* and λ1 at initialisation are closely related, but not inversely",
+     "fig_eta_star_vs_sharpness"),
+    ("4", "λ1 at initialisation is bounded above and below in terms of d·w",
+     "fig_sharpness_vs_dw"),
+    ("ours", "robustness: the power law under other thresholds and step budgets",
+     "fig_threshold_budget"),
+]
+
+RULES = __doc__.split("The rules (our choices; the scorecard notebook prints them):")[1].split(
+    "A row with no cached data")[0].strip()
+
+
+@dataclass
+class ClaimRow:
+    """One row of the scorecard: claim (id and text), data set, measured evidence (text
+    with numbers), verdict (one of :data:`VERDICTS`) and the figure that shows it."""
+
+    claim_id: str
+    claim: str
+    dataset: str
+    evidence: str
+    verdict: str
+    figure: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _finite(*xs) -> bool:
+    return all(x is not None and math.isfinite(float(x)) for x in xs)
+
+
+def fmt_fit(f, name: str = "α") -> str:
+    """``α = 0.62 [0.55, 0.70], R² = 0.91, n = 72`` from a fit (a :class:`PowerLawFit` or
+    anything with alpha, alpha_lo, alpha_hi, r2, n_used)."""
+    if f is None or not _finite(f.alpha):
+        return f"{name}: no fit"
+    ci = (f" [{f.alpha_lo:.2f}, {f.alpha_hi:.2f}]" if _finite(f.alpha_lo, f.alpha_hi) else "")
+    return f"{name} = {f.alpha:.2f}{ci}, R² = {f.r2:.2f}, n = {int(f.n_used)}"
+
+
+def intervals_overlap(a: tuple, b: tuple) -> bool:
+    """Do the closed intervals ``a = (lo, hi)`` and ``b`` overlap? (NaN bounds: True, i.e.
+    no evidence of a difference.)"""
+    if not _finite(*a, *b):
+        return True
+    return not (a[1] < b[0] or b[1] < a[0])
+
+
+def verdict_power_law(f) -> str:
+    """The power-law rule (module docstring) for one fit; ``no data`` without a fit."""
+    if f is None or not _finite(f.alpha, f.r2):
+        return NO_DATA
+    lo_pos = _finite(f.alpha_lo) and f.alpha_lo > 0
+    if f.r2 >= R2_STRONG and lo_pos:
+        return SUPPORTED
+    if f.r2 >= R2_WEAK and lo_pos:
+        return PARTLY
+    return NOT_SUPPORTED
+
+
+def verdict_width_depth(reference, breakdown_ratio: float) -> str:
+    """Condition (i) rule: the w >> d reference fit and the d/w where the law breaks
+    (``inf`` if it never breaks on the grid, NaN without data)."""
+    ref = verdict_power_law(reference)
+    if ref == NO_DATA or breakdown_ratio is None or math.isnan(breakdown_ratio):
+        return NO_DATA
+    if math.isinf(breakdown_ratio) or ref == NOT_SUPPORTED:
+        return NOT_SUPPORTED
+    return SUPPORTED if ref == SUPPORTED else PARTLY
+
+
+def verdict_input_lr(fits: dict, small_max: float = 0.01) -> str:
+    """Condition (ii) rule. ``fits``: ``{input_lr_scale: fit}`` (at least one scale <=
+    ``small_max`` and one above it, else ``no data``)."""
+    fits = {float(s): f for s, f in fits.items() if f is not None and _finite(f.alpha)}
+    small = {s: f for s, f in fits.items() if s <= small_max}
+    large = {s: f for s, f in fits.items() if s > small_max}
+    if not small or not large:
+        return NO_DATA
+    big = large[max(large)]
+    small_ok = all(verdict_power_law(f) == SUPPORTED for f in small.values())
+    if not small_ok:
+        return NOT_SUPPORTED
+    if verdict_power_law(big) != SUPPORTED:
+        return SUPPORTED
+    outside = all(not intervals_overlap((big.alpha, big.alpha), (f.alpha_lo, f.alpha_hi))
+                  for f in small.values())
+    return PARTLY if outside else NOT_SUPPORTED
+
+
+def verdict_late(fit_star, fit_late, fit_ratio, median_ratio: float) -> str:
+    """Claim 2 rule: eta* fit, late-rate fit, fit of the ratio late / eta* (its alpha is
+    minus the slope) and the median ratio."""
+    if any(f is None or not _finite(f.alpha) for f in (fit_star, fit_late)):
+        return NO_DATA
+    disjoint = not intervals_overlap((fit_star.alpha_lo, fit_star.alpha_hi),
+                                     (fit_late.alpha_lo, fit_late.alpha_hi))
+    slope = (fit_ratio is not None and _finite(fit_ratio.alpha_lo, fit_ratio.alpha_hi)
+             and (fit_ratio.alpha_lo > 0 or fit_ratio.alpha_hi < 0))
+    if disjoint or slope:
+        return SUPPORTED
+    if _finite(median_ratio) and not 0.5 <= median_ratio <= 2.0:
+        return PARTLY
+    return NOT_SUPPORTED
+
+
+def verdict_sharpness_relation(fit_beta) -> str:
+    """Claim 3 rule for the fit eta* ~ lambda_1^-beta (``fit_beta.alpha`` is beta)."""
+    if fit_beta is None or not _finite(fit_beta.alpha, fit_beta.r2):
+        return NO_DATA
+    related = fit_beta.r2 >= R2_WEAK and _finite(fit_beta.alpha_lo) and fit_beta.alpha_lo > 0
+    if not related:
+        return NOT_SUPPORTED
+    not_inverse = not intervals_overlap((fit_beta.alpha_lo, fit_beta.alpha_hi), (1.0, 1.0))
+    return SUPPORTED if not_inverse else PARTLY
+
+
+def verdict_sharpness_bounds(fit_gamma) -> str:
+    """Claim 4 rule for the fit lambda_1 ~ (d w)^gamma, given as a fit of
+    ``1 / lambda_1 ~ (d w)^-gamma`` (so ``fit_gamma.alpha`` is gamma)."""
+    return verdict_power_law(fit_gamma)
+
+
+def verdict_robustness(fits: Iterable) -> str:
+    """Robustness rule: power-law verdicts under every threshold and budget setting."""
+    vs = [verdict_power_law(f) for f in fits]
+    vs = [v for v in vs if v != NO_DATA]
+    if not vs:
+        return NO_DATA
+    n_ok = sum(v == SUPPORTED for v in vs)
+    if n_ok == len(vs):
+        return SUPPORTED
+    return PARTLY if n_ok >= len(vs) / 2 else NOT_SUPPORTED
+
+
+# ------------------------------------------------------------------------------ rendering
+
+def _md_cell(x) -> str:
+    return str(x).replace("|", "\\|").replace("\n", "<br>")
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """A GitHub Markdown table of ``df`` (pipes escaped, newlines as ``<br>``)."""
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(_md_cell(c) for c in cols) + " |",
+             "|" + "|".join("---" for _ in cols) + "|"]
+    for _, row in df.iterrows():
+        lines.append("| " + " | ".join(_md_cell(row[c]) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+VERDICT_COLORS = {SUPPORTED: "#a6dba0", PARTLY: "#fee08b", NOT_SUPPORTED: "#f4a582",
+                  NO_DATA: "#e0e0e0"}
+
+
+def scorecard_figure(df: pd.DataFrame, wrap: dict | None = None):
+    """The scorecard as a matplotlib table (verdict cells coloured: green supported, yellow
+    partly, red not supported, grey no data). ``df`` has the columns of :class:`ClaimRow`
+    (renamed for display as the caller likes). Returns the figure."""
+    import textwrap
+
+    import matplotlib.pyplot as plt
+
+    wrap = wrap or {}
+    cols = list(df.columns)
+    cells = [[textwrap.fill(str(row[c]), wrap.get(c, 40)) for c in cols]
+             for _, row in df.iterrows()]
+    n_lines = [max(cell.count("\n") + 1 for cell in row) for row in cells]
+    height = 0.6 + 0.2 * sum(n_lines) + 0.1 * len(cells)
+    widths = np.array([wrap.get(c, 40) for c in cols], dtype=float)
+    fig, ax = plt.subplots(figsize=(0.085 * widths.sum() + 0.5, height))
+    ax.axis("off")
+    tab = ax.table(cellText=cells, colLabels=cols, loc="upper center", cellLoc="left",
+                   colLoc="left", colWidths=list(widths / widths.sum()))
+    tab.auto_set_font_size(False)
+    tab.set_fontsize(7)
+    total = sum(n_lines) + 1.2
+    for (r, c), cell in tab.get_celld().items():
+        lines = 1.2 if r == 0 else n_lines[r - 1]
+        cell.set_height(lines / total * 0.98)
+        cell.set_edgecolor("0.75")
+        if r == 0:
+            cell.set_text_props(weight="bold")
+            cell.set_facecolor("0.92")
+        elif "verdict" in str(cols[c]).lower():
+            cell.set_facecolor(VERDICT_COLORS.get(df.iloc[r - 1, c], "white"))
+    return fig
+
+
+# ------------------------------------------------------------------------------ evidence
+
+def _fit(x, y, n_boot=1000) -> PowerLawFit:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return fit_power_law(np.asarray(x, dtype=float), np.asarray(y, dtype=float),
+                             n_boot=n_boot, seed=0)
+
+
+def _available(datasets: Sequence[str]) -> list[str]:
+    from .data import available_datasets
+
+    have = set(available_datasets())
+    return [d for d in datasets if d in have]
+
+
+def collect_scorecard(preset: str = "quick", store=None,
+                      datasets: Sequence[str] | None = None) -> tuple[pd.DataFrame, dict]:
+    """Read the cached results of every figure of ``preset`` from ``store`` (nothing is
+    computed) and apply the rules. Returns ``(table, numbers)``: one :class:`ClaimRow` per
+    (claim, data set) as a DataFrame, and the numbers behind it (``numbers[claim_id][ds]``
+    dicts) for the notebook to show."""
+    from .conditions import (add_residuals, config_table, figure_settings, figure_tasks,
+                             late_tasks, law_breakdown, reference_fit)
+    from .presets import get_preset
+    from .store import Store
+    from .sweep import eta_star_tasks, load_results
+
+    store = Store() if store is None else store
+    P = get_preset(preset)
+    datasets = _available(datasets or P["datasets"])
+    rows: list[ClaimRow] = []
+    numbers: dict = {cid: {} for cid, _, _ in CLAIMS}
+    text = {cid: (claim, fig) for cid, claim, fig in CLAIMS}
+
+    def add(cid, ds, evidence, verdict):
+        claim, fig = text[cid]
+        rows.append(ClaimRow(cid, claim, ds, evidence, verdict, fig))
+
+    main = load_results(eta_star_tasks(datasets, P["depths"], P["widths"], P["seeds"],
+                                       P["trial"], P["search"]), store)
+    sharp = None
+    try:
+        from .validate import build_tasks, spec_from_preset
+
+        sharp = load_results(build_tasks(spec_from_preset(preset, kind="sharpness",
+                                                          datasets=datasets)), store)
+    except (ImportError, ValueError):
+        sharp = pd.DataFrame()
+
+    for ds in datasets:
+        d = main[main.dataset == ds] if len(main) else main
+        # claim 1
+        f1 = _fit(d.dw, d.eta_star) if len(d) else None
+        numbers["1"][ds] = f1
+        add("1", ds, fmt_fit(f1) if len(d) else "no records", verdict_power_law(f1))
+
+        # condition (i)
+        if "width_vs_depth" in P and len(d):
+            s = figure_settings(P, "width_vs_depth")
+            parts = figure_tasks(P, "width_vs_depth", [ds])
+            nar = load_results(parts["narrow"], store)
+            both = pd.concat([d, nar], ignore_index=True).drop_duplicates(
+                subset=["dataset", "depth", "width", "seed"])
+            ref = reference_fit(d, s["reference_min_width_over_depth"])
+            res = add_residuals(both, ref)
+            tab = config_table(res, s["tolerance"])
+            b = law_breakdown(tab.d_over_w, tab.fails)
+            numbers["1 (i)"][ds] = {"reference": ref, "breakdown": b,
+                                    "min_w_over_d": s["reference_min_width_over_depth"],
+                                    "tolerance": s["tolerance"], "n_narrow": len(nar)}
+            where = ("never breaks on the grid (d/w ≤ "
+                     f"{tab.d_over_w.max():.3g})" if math.isinf(b.ratio)
+                     else f"breaks at d/w ∈ ({b.last_ok:.3g}, {b.ratio:.3g}]")
+            ev = (f"w/d ≥ {s['reference_min_width_over_depth']:g}: {fmt_fit(ref)}; law "
+                  f"(±×{s['tolerance']:g}) {where}; first failure d/w = {b.first_failure:.3g}")
+            add("1 (i)", ds, ev if len(nar) else "no records of the narrow grid",
+                verdict_width_depth(ref, b.ratio) if len(nar) else NO_DATA)
+
+        # condition (ii)
+        if "input_lr" in P:
+            parts = figure_tasks(P, "input_lr", [ds])
+            fits = {}
+            for label, ts in parts.items():
+                dd = load_results(ts, store)
+                if len(dd):
+                    fits[float(label.split("=")[1])] = _fit(dd.dw, dd.eta_star)
+            numbers["1 (ii)"][ds] = fits
+            ev = "; ".join(f"s = {s_:g}: α = {f.alpha:.2f}, R² = {f.r2:.2f}"
+                           for s_, f in sorted(fits.items(), reverse=True)
+                           if _finite(f.alpha)) or "no records"
+            add("1 (ii)", ds, ev, verdict_input_lr(fits))
+
+        # claim 2
+        if "late_lr" in P:
+            parts = figure_tasks(P, "late_lr", [ds])
+            ref = load_results(parts["reference"], store)
+            late = load_results(late_tasks(P, ref, [ds]), store) if len(ref) else pd.DataFrame()
+            if len(late):  # each late seed against the eta* of the same network
+                late = late.merge(ref[["dataset", "depth", "width", "seed", "eta_star"]],
+                                  on=["dataset", "depth", "width", "seed"], how="left")
+                fs = _fit(late.dw, late.eta_star)
+                fl = _fit(late.dw, late.eta_late)
+                fr = _fit(late.dw, late.eta_late.astype(float) / late.eta_star)
+                fe = _fit(late.dw, late.stability_limit_eff)
+                med = float(np.nanmedian(late.eta_late.astype(float) / late.eta_star))
+                eos = float(np.nanmedian(late.eta_late.astype(float)
+                                         / late.stability_limit_eff.astype(float)))
+                numbers["2"][ds] = {"eta_star": fs, "late": fl, "ratio": fr, "two_over_l": fe,
+                                    "median_ratio": med, "median_late_over_eos": eos}
+                ev = (f"η*: {fmt_fit(fs)}; late: {fmt_fit(fl)}; 2/λ1 late: "
+                      f"α = {fe.alpha:.2f}; median late/η* = {med:.2f}, late·λ1/2 = {eos:.2f}")
+                add("2", ds, ev, verdict_late(fs, fl, fr, med))
+            else:
+                add("2", ds, "no records", NO_DATA)
+
+        # claims 3 and 4
+        sd = sharp[sharp.dataset == ds] if len(sharp) else sharp
+        if len(sd) and len(d):
+            m = d.merge(sd[["dataset", "depth", "width", "seed", "lambda_1"]],
+                        on=["dataset", "depth", "width", "seed"])
+            fb = _fit(m.lambda_1, m.eta_star)
+            numbers["3"][ds] = fb
+            prod = (m.eta_star.astype(float) * m.lambda_1.astype(float))
+            prod = prod[np.isfinite(prod)]
+            spread = (f"; η*·λ1 from {prod.min():.2g} to {prod.max():.2g}" if len(prod) else "")
+            add("3", ds, fmt_fit(fb, "β (η* ~ λ1^-β)") + spread,
+                verdict_sharpness_relation(fb))
+            lam = sd.lambda_1.astype(float).to_numpy()
+            fg = _fit(sd.dw, 1.0 / lam)
+            numbers["4"][ds] = fg
+            ev = fmt_fit(fg, "γ (λ1 ~ (d·w)^γ)")
+            if _finite(fg.alpha):
+                c = lam / sd.dw.to_numpy(dtype=float) ** fg.alpha
+                ev += f"; λ1/(d·w)^γ ∈ [{np.nanmin(c):.2g}, {np.nanmax(c):.2g}]"
+            add("4", ds, ev, verdict_sharpness_bounds(fg))
+        else:
+            add("3", ds, "no λ1 records", NO_DATA)
+            add("4", ds, "no λ1 records", NO_DATA)
+
+        # robustness
+        if "threshold_budget" in P:
+            parts = figure_tasks(P, "threshold_budget", [ds])
+            fits = {}
+            for label, ts in parts.items():
+                dd = load_results(ts, store)
+                if len(dd):
+                    fits[label] = _fit(dd.dw, dd.eta_star)
+            numbers["ours"][ds] = fits
+            ev = "; ".join(f"{k}: α = {f.alpha:.2f}, R² = {f.r2:.2f}"
+                           for k, f in fits.items() if _finite(f.alpha)) or "no records"
+            add("ours", ds, ev, verdict_robustness(fits.values()))
+
+    order = {cid: i for i, (cid, _, _) in enumerate(CLAIMS)}
+    table = pd.DataFrame([r.to_dict() for r in rows])
+    if len(table):
+        table["_o"] = table.claim_id.map(order)
+        table = (table.sort_values(["_o", "dataset"], kind="stable").drop(columns="_o")
+                 .reset_index(drop=True))
+    return table, numbers
