@@ -358,6 +358,15 @@ def cmd_data(args) -> int:
                    device=args.device or "cpu", progress=not args.quiet, **_run_kwargs(args))
     print(f"lambda_1: {len(df)} of {len(sharp)} records in {time.perf_counter() - t0:.1f} s")
     ok = ok and len(df) == len(sharp)
+    # the condition and claim figures (milr.conditions; the preset's "data_figures")
+    from .conditions import run_condition_sweeps
+
+    for fig, (n_done, n_all, secs) in run_condition_sweeps(
+            args.preset, Store(args.store), recompute=args.recompute,
+            device=args.device or "cpu", progress=not args.quiet,
+            datasets=args.datasets or None, **_run_kwargs(args)).items():
+        print(f"{fig}: {n_done} of {n_all} records in {secs:.1f} s")
+        ok = ok and n_done == n_all
     return EXIT_OK if ok else EXIT_FAILED
 
 

@@ -36,7 +36,8 @@ from .fit import PowerLawFit, fit_power_law
 __all__ = ["FIGURES", "figure_settings", "figure_tasks", "fit_table", "reference_fit",
            "add_residuals", "config_table", "law_breakdown", "breakdown_by_seed", "Breakdown",
            "input_term_share", "ntk_alpha", "eta_star_reference", "late_tasks",
-           "run_condition_sweeps", "DEFAULT_TOLERANCE"]
+           "run_condition_sweeps", "DEFAULT_TOLERANCE", "DEPTH_MARKERS", "depth_marker",
+           "setting_colors", "fmt_ratio", "forest_panel", "search_best_accuracy"]
 
 #: The figures of this module, in the order ``make data`` computes them.
 FIGURES = ("width_vs_depth", "input_lr", "threshold_budget", "late_lr")
@@ -330,19 +331,24 @@ def ntk_alpha(sq_norm, n0: int, depths: Sequence[int], widths: Sequence[int],
 
 def run_condition_sweeps(preset_name: str, store=None, recompute: bool = False,
                          device: str = "cpu", progress: bool = True,
-                         datasets: Sequence[str] | None = None, figures=FIGURES,
-                         **run_kwargs) -> dict:
+                         datasets: Sequence[str] | None = None,
+                         figures: Sequence[str] | None = None, **run_kwargs) -> dict:
     """Compute the records of the condition figures of preset ``preset_name`` (the part of
     ``make data`` after the main eta* and lambda_1 sweeps): the eta* tasks of
-    :func:`figure_tasks` for each figure in ``figures`` and then the late-stage tasks (whose
-    warm-up rates need the eta* of the late grid). Records already in ``store`` are not
-    recomputed. Returns ``{figure: (n_records, n_tasks, seconds)}``."""
+    :func:`figure_tasks` for each figure in ``figures`` (default: the preset's
+    ``data_figures``) and then the late-stage tasks (whose warm-up rates need the eta* of the
+    late grid). Records already in ``store`` are not recomputed; ``datasets`` restricts the
+    data sets. Returns ``{figure: (n_records, n_tasks, seconds)}``."""
     import time
 
     from .presets import get_preset
     from .sweep import load_results, run_sweep
 
     P = get_preset(preset_name)
+    figures = P.get("data_figures", []) if figures is None else list(figures)
+    bad = [f for f in figures if f not in FIGURES]
+    if bad:
+        raise ValueError(f"figures={bad} are not known; allowed: {FIGURES}")
     out = {}
     for fig in figures:
         if fig not in P:
@@ -367,3 +373,95 @@ def _n_missing(tasks, df) -> int:
     from .sweep import unique_tasks
 
     return len(unique_tasks(tasks)) - len(df)
+
+
+# ---------------------------------------------------------------------------------- figures
+# Figure helpers of the condition notebooks; the project's style, depth colours and
+# savefig live in milr.plotting (one place), these only add what these figures need.
+
+#: Marker per depth, where colour already encodes another variable (input-layer factor,
+#: threshold, budget): same depth -> same marker in every condition figure.
+DEPTH_MARKERS = {1: "o", 2: "s", 4: "^", 8: "D", 16: "v", 32: "P", 64: "X"}
+
+
+def depth_marker(depth: int) -> str:
+    """The marker of ``depth`` in the condition figures (``"o"`` for depths not listed)."""
+    return DEPTH_MARKERS.get(int(depth), "o")
+
+
+def setting_colors(values: Sequence, cmap: str = "viridis") -> dict:
+    """One colour per setting value (sorted ascending), evenly spaced on ``cmap`` and
+    avoiding its brightest end (readable on white). Returns ``{value: hex}``."""
+    import matplotlib
+    from matplotlib.colors import to_hex
+
+    vals = sorted(set(values))
+    cm = matplotlib.colormaps[cmap]
+    n = max(len(vals) - 1, 1)
+    return {v: to_hex(cm(0.85 * i / n)) for i, v in enumerate(vals)}
+
+
+def fmt_ratio(r: float) -> str:
+    """A depth/width ratio as text: ``1/16`` for reciprocals of integers, ``2`` or ``0.3``
+    otherwise; ``inf`` and NaN as ``∞`` and ``n/a``."""
+    if r is None or (isinstance(r, float) and math.isnan(r)):
+        return "n/a"
+    if math.isinf(r):
+        return "∞"
+    if r < 1 and abs(1 / r - round(1 / r)) < 1e-9:
+        return f"1/{round(1 / r)}"
+    return f"{r:g}"
+
+
+def forest_panel(ax, table: pd.DataFrame, labels: Sequence[str], colors: Sequence[str] | None
+                 = None, theory: Sequence[float] | None = None, mark: Sequence[bool] | None
+                 = None) -> None:
+    """alpha with its 95 % interval per setting, one row each (top to bottom in the order
+    given), R^2 written at the right edge. ``table`` has ``alpha``, ``alpha_lo``,
+    ``alpha_hi``, ``r2`` (rows aligned with ``labels``); ``theory`` optional predicted alphas
+    (open diamonds); ``mark`` flags rows drawn bold (e.g. the default setting)."""
+    n = len(labels)
+    ys = np.arange(n)[::-1]
+    colors = list(colors) if colors is not None else ["k"] * n
+    for i, (y, (_, row)) in enumerate(zip(ys, table.iterrows())):
+        a, lo, hi = row["alpha"], row["alpha_lo"], row["alpha_hi"]
+        if np.isfinite(a):
+            err = [[a - lo], [hi - a]] if np.isfinite(lo) and np.isfinite(hi) else None
+            ax.errorbar([a], [y], xerr=err, fmt="o", color=colors[i], ms=5, capsize=3,
+                        lw=1.2, label="measured α (95 % interval)" if i == 0 else None)
+        r2 = row["r2"]
+        ax.text(1.02, y, f"R² = {r2:.2f}" if np.isfinite(r2) else "no fit",
+                transform=ax.get_yaxis_transform(), va="center", fontsize=7.5)
+        if theory is not None and np.isfinite(theory[i]):
+            ax.plot([theory[i]], [y], "D", mfc="none", mec="0.3", ms=6,
+                    label="NTK-diagonal prediction" if i == 0 else None)
+    ax.set_yticks(ys)
+    ax.set_yticklabels(labels)
+    if mark is not None:
+        for tick, m in zip(ax.get_yticklabels(), mark):
+            if m:
+                tick.set_fontweight("bold")
+    ax.axvline(0, color="0.6", lw=0.8)
+    ax.set_ylim(-0.6, n - 0.4)
+    ax.set_xlabel("exponent α of η* ≈ c·(d·w)^-α")
+
+
+def search_best_accuracy(tasks: Sequence, store=None) -> pd.DataFrame:
+    """For eta* tasks: the best validation accuracy any trial of the search reached (from
+    the trial logs in the records), one row per finished task with ``dataset``, ``depth``,
+    ``width``, ``seed``, ``best_acc``. Shows how far a search that never reached the
+    threshold got."""
+    from .store import Store
+
+    store = Store() if store is None else store
+    rows = []
+    for t in tasks:
+        rec = store.get(t.kind, t.record_config())
+        if rec is None:
+            continue
+        accs = [tr.get("best_acc") for tr in rec["result"].get("trials", [])]
+        accs = [a for a in accs if isinstance(a, (int, float)) and math.isfinite(a)]
+        c = rec["config"]
+        rows.append(dict(dataset=c["dataset"], depth=c["depth"], width=c["width"],
+                         seed=c["seed"], best_acc=max(accs) if accs else math.nan))
+    return pd.DataFrame(rows)

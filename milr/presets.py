@@ -103,6 +103,9 @@ _CONDITIONS = {
 }
 for _name, _entries in _CONDITIONS.items():
     PRESETS[_name].update(_entries)
+    # which of them `milr data` (make data) computes after the main grid; smoke: none (its
+    # grids are for the notebooks' smoke runs; `milr data --preset smoke` stays the main grid)
+    PRESETS[_name]["data_figures"] = [] if _name == "smoke" else list(_entries)
 
 
 def get_preset(name: str) -> dict:

@@ -242,9 +242,12 @@ def scorecard_figure(df: pd.DataFrame, wrap: dict | None = None):
     tab.auto_set_font_size(False)
     tab.set_fontsize(7)
     total = sum(n_lines) + 1.2
+    fig_w = fig.get_size_inches()[0]
+    fracs = widths / widths.sum()
     for (r, c), cell in tab.get_celld().items():
         lines = 1.2 if r == 0 else n_lines[r - 1]
         cell.set_height(lines / total * 0.98)
+        cell.PAD = 0.05 / (fracs[c] * fig_w)  # a fixed 0.05-inch text margin in every column
         cell.set_edgecolor("0.75")
         if r == 0:
             cell.set_text_props(weight="bold")
@@ -277,7 +280,7 @@ def collect_scorecard(preset: str = "quick", store=None,
     (claim, data set) as a DataFrame, and the numbers behind it (``numbers[claim_id][ds]``
     dicts) for the notebook to show."""
     from .conditions import (add_residuals, config_table, figure_settings, figure_tasks,
-                             late_tasks, law_breakdown, reference_fit)
+                             fmt_ratio, late_tasks, law_breakdown, reference_fit)
     from .presets import get_preset
     from .store import Store
     from .sweep import eta_star_tasks, load_results
@@ -312,6 +315,8 @@ def collect_scorecard(preset: str = "quick", store=None,
         add("1", ds, fmt_fit(f1) if len(d) else "no records", verdict_power_law(f1))
 
         # condition (i)
+        if "width_vs_depth" in P and not len(d):
+            add("1 (i)", ds, "no records of the main grid", NO_DATA)
         if "width_vs_depth" in P and len(d):
             s = figure_settings(P, "width_vs_depth")
             parts = figure_tasks(P, "width_vs_depth", [ds])
@@ -326,10 +331,11 @@ def collect_scorecard(preset: str = "quick", store=None,
                                     "min_w_over_d": s["reference_min_width_over_depth"],
                                     "tolerance": s["tolerance"], "n_narrow": len(nar)}
             where = ("never breaks on the grid (d/w ≤ "
-                     f"{tab.d_over_w.max():.3g})" if math.isinf(b.ratio)
-                     else f"breaks at d/w ∈ ({b.last_ok:.3g}, {b.ratio:.3g}]")
+                     f"{fmt_ratio(tab.d_over_w.max())})" if math.isinf(b.ratio)
+                     else f"breaks at d/w ∈ ({fmt_ratio(b.last_ok)}, {fmt_ratio(b.ratio)}]")
             ev = (f"w/d ≥ {s['reference_min_width_over_depth']:g}: {fmt_fit(ref)}; law "
-                  f"(±×{s['tolerance']:g}) {where}; first failure d/w = {b.first_failure:.3g}")
+                  f"(±×{s['tolerance']:g}) {where}; first failure at d/w = "
+                  f"{fmt_ratio(b.first_failure)}")
             add("1 (i)", ds, ev if len(nar) else "no records of the narrow grid",
                 verdict_width_depth(ref, b.ratio) if len(nar) else NO_DATA)
 

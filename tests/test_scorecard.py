@@ -155,7 +155,7 @@ def test_collect_scorecard_from_synthetic_records(synthetic_store):
     assert numbers["3"]["gaussian"].alpha == pytest.approx(0.5 / 0.8, abs=1e-9)
     assert numbers["4"]["gaussian"].alpha == pytest.approx(0.8, abs=1e-9)
     assert numbers["1 (ii)"]["gaussian"][0.0].alpha == pytest.approx(0.5, abs=1e-9)
-    assert "breaks at d/w ∈ (0.125, 0.5]" in table.evidence[1]
+    assert "breaks at d/w ∈ (1/8, 1/2]" in table.evidence[1]
 
 
 def test_collect_scorecard_without_records(tmp_path):
