@@ -118,8 +118,20 @@ def run_config(ds, depth, width, trial_kw, search_kw, seeds, args, device, data)
            "seeds": list(seeds), "k": bat_search.k, "tol": seq_search.tol,
            "flops_per_trial_step": flops_step}
     stats = {}
-    bat, w_b, c_b = clocked(lambda: eta_star_batched(cfg, bat_search, seeds, data=data,
-                                                     device=device, stats=stats), device)
+
+    def batched():
+        if not args.per_seed:
+            return eta_star_batched(cfg, bat_search, seeds, data=data, device=device,
+                                    stats=stats)
+        out = []  # one search per seed, as a sweep of (configuration, seed) tasks runs it
+        for s in seeds:
+            st = {}
+            out += eta_star_batched(cfg, bat_search, [s], data=data, device=device, stats=st)
+            for key, v in st.items():
+                stats[key] = stats.get(key, 0) + v
+        return out
+
+    bat, w_b, c_b = clocked(batched, device)
     row.update(eta_star_batched=[r.eta_star for r in bat], status_batched=[r.status for r in bat],
                trials_batched=sum(r.n_trials for r in bat), wall_batched=w_b, cpu_batched=c_b,
                member_steps_batched=stats["member_steps"], batched_steps=stats["steps_run"],
@@ -217,6 +229,9 @@ def main(argv=None) -> int:
     ap.add_argument("--k", type=int, default=None,
                     help="rates per round of the batched search (default: the preset's, "
                     "else SearchConfig's default)")
+    ap.add_argument("--per-seed", action="store_true",
+                    help="batched search once per seed (as a sweep of one task per "
+                    "(configuration, seed) calls it) instead of all seeds in one batch")
     ap.add_argument("--no-sequential", action="store_true",
                     help="time the batched search only (e.g. the paper grid on a GPU)")
     ap.add_argument("--max-configs", type=int, default=None)
@@ -254,7 +269,7 @@ def main(argv=None) -> int:
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
         "load_avg_start": os.getloadavg(), "seeds": seeds, "trial": trial_kw,
-        "search": search_kw, "k": args.k,
+        "search": search_kw, "k": args.k, "per_seed": args.per_seed,
     }
     if device.type == "cuda":
         meta["gpu"] = torch.cuda.get_device_name(device)
@@ -281,7 +296,8 @@ def main(argv=None) -> int:
             r["frac_of_mm_large_seq"] = r["gflops_seq"] * 1e9 / big_rate
     print("summary:", json.dumps(summary, indent=1))
     out = Path(args.out) if args.out else (
-        HERE / "results" / f"bench_search_{device.type}_{args.grid}.json")
+        HERE / "results" / f"bench_search_{device.type}_{args.grid}"
+        f"{'_per_seed' if args.per_seed else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "summary": summary, "configs": rows}, indent=1,
                               default=float) + "\n")
