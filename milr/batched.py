@@ -144,6 +144,10 @@ class TrialBatch:
     member that diverged between evaluation points, ``stop_g`` ``(M,)`` int64 (the global step
     count when it did) and ``stop_loss`` ``(M,)`` float64 (the loss that stopped it: non-finite
     means ``diverged_nonfinite``, else ``diverged_blowup``).
+
+    Raises ``TypeError`` if ``cfg`` is not a TrialConfig, ``ValueError`` for a CUDA device on a
+    machine without CUDA or ``max_members < 1``. Source: our implementation of the paper's
+    trials (Sec. 3) with our documented rules (README, Method); batching is our choice.
     """
 
     def __init__(
@@ -464,6 +468,8 @@ class TrialBatch:
     @torch.no_grad()
     def advance(self) -> list[tuple[int, TrialResult, object]]:
         """Train to the next evaluation point of any member; return who finished there.
+
+        With ``poll_stops`` it also returns early, after the step at which a member diverged.
 
         Returns ``[(uid, TrialResult, tag), ...]`` for every member that reached the
         threshold, diverged, exhausted its step budget or was cancelled since the last call.
