@@ -57,7 +57,6 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 import torch
-import torch.nn.functional as F
 
 from .config import SearchConfig, TrialConfig, check_float, check_int
 from .data import Dataset, load_dataset
@@ -798,14 +797,14 @@ def eta_star_batched(
         ``tol`` mean what they mean for the sequential search.
     seeds: integers >= 0, trained in the same batch, each with its own bracket and rounds.
     data: the data set (loaded from ``cfg.dataset`` if omitted); moved to ``device`` once.
-    device: ``"cpu"`` or ``"cuda[:i]"``. No host-device synchronisation happens between
-        evaluation points.
+    device: ``"cpu"`` or ``"cuda[:i]"``. On CUDA no host-device synchronisation happens
+        between evaluation points.
     max_members: cap on trials trained at once (see :class:`TrialBatch`).
     scan_window: with ``scan="top-down"``, how many scan points of a seed run at once
         (default: all on CUDA, where extra members are nearly free; 1 on the CPU, where each
         costs its compute: the scan then tries the same points as the sequential top-down
-        scan, and a point that diverges frees its slot within a step). It changes the cost and the cancelled entries of the log, never
-        ``eta_star``, the bracket or the status.
+        scan, and a point that diverges frees its slot within a step). It changes the cost
+        and the cancelled entries of the log, never ``eta_star``, the bracket or the status.
     stats: if a dict is given, it receives the batch's counters (``steps_run``,
         ``member_steps``, ``syncs``, ``flops``, ``max_members_seen``).
 
