@@ -18,11 +18,14 @@ choice**:
    the same data.
 3. **Success** ("training continues without diverging or losing accuracy"): no loss or
    parameter became non-finite, no batch loss exceeded ``blowup_factor`` x the trial's first
-   batch loss (the eta* trials' divergence rule), and the validation accuracy after the last
-   step is at least the accuracy at the start of the trial minus ``delta`` (default 0.02,
-   about 1.5 binomial standard deviations of an accuracy near 0.8 on the 1000-image
-   validation subset). A spike that recovers within the trial counts as success, as it does
-   for eta*.
+   batch loss (the eta* trials' divergence rule), and the validation accuracy *averaged over
+   the trial's last* ``window`` *evaluations* (every ``eval_every`` steps; default 4 x 25 =
+   the last 100 of 200 steps) is at least the accuracy averaged over the warm-up's last
+   ``window`` evaluations minus ``delta`` (default 0.02). Averages, not snapshots: one
+   accuracy snapshot of an SGD iterate on the 1000-image subset moves by about +/-0.02 from
+   one evaluation to the next (binomial noise alone is 0.013 near 0.8), so a snapshot rule
+   flagged rates that train perfectly well (measured in the first version of this figure).
+   A spike that recovers before the window counts as success, as it does for eta*.
 4. **Search.** The same scan-then-bisect bracketing search as eta*
    (:func:`milr.search.eta_star_single`: geometric scan from ``eta_hi`` down, then bisection
    between the largest success and the first failure above it, to ``u / l <= 1 + tol``).
@@ -101,8 +104,9 @@ class LateTrialResult:
         parameter became NaN or +/-inf) or ``diverged_blowup`` (a batch loss exceeded
         ``blowup_factor`` x the trial's first batch loss).
     steps: steps taken (the step at which divergence was detected, else all of them).
-    score_start, score_end: validation score (accuracy for classification) before the first
-        and after the last step (NaN when the trial diverged).
+    score_start: the reference score (accuracy for classification) the trial is compared
+        with; score_end: the mean score over the trial's last ``window`` evaluations (NaN when
+        the trial diverged).
     loss_first, loss_max: first and largest batch loss of the trial.
     wall_time: seconds.
     """
@@ -136,6 +140,8 @@ def late_trial(
     score_start: float | None = None,
     loss_fn: Callable = F.cross_entropy,
     score_fn: Callable = _accuracy,
+    eval_every: int | None = None,
+    window: int = 1,
 ) -> LateTrialResult:
     """Train a *copy* of ``model`` for ``len(order)`` SGD steps at rate ``eta``; did it keep
     training without diverging or losing more than ``delta`` of its validation score?
@@ -152,14 +158,19 @@ def late_trial(
         docstring).
     blowup_factor: divergence when a batch loss exceeds this x the trial's first batch loss
         (> 1; default 100, the eta* trials' rule).
-    score_start: the score of ``model`` on the validation data (computed when omitted; pass
-        it to save one evaluation per trial).
+    score_start: the reference score (default: the score of ``model`` itself, one snapshot;
+        the task passes the warm-up's window mean).
     loss_fn: ``loss_fn(model(x), y) -> scalar`` (default mean cross-entropy).
     score_fn: ``score_fn(model, x_val, y_val) -> float``, higher is better (default
         accuracy; tests use minus the loss for a regression).
+    eval_every: the score is measured every ``eval_every`` steps and after the last step
+        (``None``: after the last step only).
+    window: ``score_end`` is the mean of the last ``window`` measurements (>= 1 and at most
+        the number of measurements).
 
-    Raises ``ValueError`` for a bad ``eta``, ``delta``, ``blowup_factor``, ``order`` or
-    ``lr_scales``. Source: our definition of "continues training" (module docstring).
+    Raises ``ValueError`` for a bad ``eta``, ``delta``, ``blowup_factor``, ``order``,
+    ``lr_scales``, ``eval_every`` or ``window``. Source: our definition of "continues
+    training" (module docstring).
     """
     eta = check_float("eta", eta, 0.0, lo_open=True)
     delta = check_float("delta", delta, 0.0)
@@ -167,12 +178,15 @@ def late_trial(
     if order.ndim != 2 or order.shape[0] < 1:
         raise ValueError(f"order must be a (steps, B) index tensor with steps >= 1, got "
                          f"shape {tuple(order.shape)}")
+    evals = _eval_steps(int(order.shape[0]), eval_every)
+    window = check_int("window", window, 1, len(evals))
     t0 = time.perf_counter()
     net = copy.deepcopy(model)
     if score_start is None:
         score_start = float(score_fn(net, x_val, y_val))
     opt = _sgd(net, eta, lr_scales)
     loss_first = loss_max = math.nan
+    scores: list[float] = []
     reason, steps = "kept_accuracy", int(order.shape[0])
     for step in range(1, order.shape[0] + 1):
         idx = order[step - 1]
@@ -190,20 +204,30 @@ def late_trial(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if step in evals:
+            if not _params_finite(net):
+                reason, steps = "diverged_nonfinite", step
+                break
+            scores.append(float(score_fn(net, x_val, y_val)))
     score_end = math.nan
     if reason == "kept_accuracy":
-        if not _params_finite(net):
-            reason = "diverged_nonfinite"
-        else:
-            score_end = float(score_fn(net, x_val, y_val))
-            if not math.isfinite(score_end) or score_end < score_start - delta:
-                reason = "lost_accuracy"
+        score_end = float(np.mean(scores[-window:]))
+        if not math.isfinite(score_end) or score_end < score_start - delta:
+            reason = "lost_accuracy"
     return LateTrialResult(
         eta=float(eta), success=reason == "kept_accuracy", reason=reason, steps=int(steps),
         score_start=float(score_start), score_end=float(score_end),
         loss_first=float(loss_first), loss_max=float(loss_max),
         wall_time=time.perf_counter() - t0,
     )
+
+
+def _eval_steps(steps: int, eval_every: int | None) -> set:
+    """Steps (1-based) after which the score is measured: every ``eval_every`` and the last."""
+    if eval_every is None:
+        return {steps}
+    eval_every = check_int("eval_every", eval_every, 1)
+    return set(range(eval_every, steps + 1, eval_every)) | {steps}
 
 
 def late_max_lr(
@@ -221,6 +245,9 @@ def late_max_lr(
     loss_fn: Callable = F.cross_entropy,
     score_fn: Callable = _accuracy,
     seed: int = 0,
+    score_start: float | None = None,
+    eval_every: int | None = None,
+    window: int = 1,
 ) -> EtaStarResult:
     """The largest rate at which training continues from ``model``'s current state: the eta*
     search (:func:`milr.search.eta_star_single`, scan then bisection) run on
@@ -230,15 +257,19 @@ def late_max_lr(
     result depends on eta only. Returns a :class:`milr.search.EtaStarResult` whose
     ``eta_star`` is the late-stage maximal rate (NaN and status ``no_success`` when even
     ``search.eta_lo`` fails) and whose ``trials`` log holds each :class:`LateTrialResult`.
-    ``seed`` is only recorded. Raises ``ValueError`` like :func:`late_trial`.
+    ``score_start`` is the reference score of every trial (default: one snapshot of
+    ``model``'s score). ``seed`` is only recorded. Raises ``ValueError`` like
+    :func:`late_trial`.
     """
     search = SearchConfig() if search is None else search
-    score0 = float(score_fn(model, x_val, y_val))
+    score0 = (float(score_fn(model, x_val, y_val)) if score_start is None
+              else float(score_start))
 
     def trial(eta: float) -> LateTrialResult:
         return late_trial(model, eta, x_train, y_train, order, x_val, y_val,
                           lr_scales=lr_scales, delta=delta, blowup_factor=blowup_factor,
-                          score_start=score0, loss_fn=loss_fn, score_fn=score_fn)
+                          score_start=score0, loss_fn=loss_fn, score_fn=score_fn,
+                          eval_every=eval_every, window=window)
 
     return eta_star_single(trial, search, seed=seed)
 
@@ -249,12 +280,15 @@ class WarmUpResult:
 
     diverged: the warm-up itself diverged (non-finite loss or parameter, or a batch loss
         above ``blowup_factor`` x the first one). val_acc, val_loss: accuracy and mean
-        cross-entropy on the validation subset after the last step. train_loss_last: mean of
-        the last ``min(50, steps)`` batch losses. steps: steps taken. wall_time: seconds.
+        cross-entropy on the validation subset after the last step. val_acc_window: mean
+        accuracy over the last ``window`` evaluations (the late trials' reference).
+        train_loss_last: mean of the last ``min(50, steps)`` batch losses. steps: steps
+        taken. wall_time: seconds.
     """
 
     diverged: bool
     val_acc: float
+    val_acc_window: float
     val_loss: float
     train_loss_last: float
     steps: int
@@ -265,20 +299,26 @@ class WarmUpResult:
 
 
 def warm_up(model, lr: float, x_train, y_train, order, x_val, y_val, *,
-            lr_scales: Sequence[float], blowup_factor: float = 100.0) -> WarmUpResult:
+            lr_scales: Sequence[float], blowup_factor: float = 100.0,
+            eval_every: int | None = None, window: int = 1) -> WarmUpResult:
     """Train ``model`` *in place* with plain SGD at constant rate ``lr`` (layer ``l`` at
-    ``lr_scales[l] * lr``) on the minibatches ``order`` ``(steps, B)``, cross-entropy loss.
+    ``lr_scales[l] * lr``) on the minibatches ``order`` ``(steps, B)``, cross-entropy loss;
+    validation accuracy every ``eval_every`` steps and after the last (``None``: the last
+    only), averaged over the last ``window`` of them into ``val_acc_window``.
 
     Stops early (``diverged=True``) on a non-finite loss or parameter or a batch loss above
     ``blowup_factor`` x the first one (the eta* trials' rule). Raises ``ValueError`` for a
-    bad ``lr`` or ``order``.
+    bad ``lr``, ``order``, ``eval_every`` or ``window``.
     """
     lr = check_float("lr", lr, 0.0, lo_open=True)
     if order.ndim != 2 or order.shape[0] < 1:
         raise ValueError(f"order must be a (steps, B) index tensor, got {tuple(order.shape)}")
+    evals = _eval_steps(int(order.shape[0]), eval_every)
+    window = check_int("window", window, 1, len(evals))
     t0 = time.perf_counter()
     opt = _sgd(model, lr, lr_scales)
     losses: list[float] = []
+    accs: list[float] = []
     diverged, steps = False, int(order.shape[0])
     for step in range(1, order.shape[0] + 1):
         idx = order[step - 1]
@@ -291,15 +331,22 @@ def warm_up(model, lr: float, x_train, y_train, order, x_val, y_val, *,
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if step in evals and step < order.shape[0]:
+            if not _params_finite(model):
+                diverged, steps = True, step
+                break
+            accs.append(_accuracy(model, x_val, y_val))
     diverged = diverged or not _params_finite(model)
-    acc = vloss = math.nan
+    acc = vloss = acc_w = math.nan
     if not diverged:
         with torch.no_grad():
             logits = model(x_val)
             acc = (logits.argmax(1) == y_val).double().mean().item()
             vloss = float(F.cross_entropy(logits, y_val))
+        accs.append(acc)
+        acc_w = float(np.mean(accs[-window:]))
     tail = [v for v in losses[-50:] if math.isfinite(v)]
-    return WarmUpResult(diverged, float(acc), float(vloss),
+    return WarmUpResult(diverged, float(acc), acc_w, float(vloss),
                         float(np.mean(tail)) if tail else math.nan, steps,
                         time.perf_counter() - t0)
 
@@ -312,8 +359,11 @@ class LateLRTask:
     dataset, depth, width, seed: the network, initialised as the eta* trials do.
     warmup_lr: constant rate of the warm-up (> 0; the builder uses 0.1 x eta*).
     warmup_steps: SGD steps of the warm-up (default 400, the quick preset's trial budget).
-    trial_steps: SGD steps of each late trial (default 100).
+    trial_steps: SGD steps of each late trial (default 200).
     delta: allowed loss of validation accuracy in a trial (default 0.02).
+    eval_every, window: validation accuracy every ``eval_every`` steps (default 25, the
+        trials' period); the warm-up's reference and a trial's end score are the means of
+        their last ``window`` evaluations (default 4, i.e. the last 100 steps).
     batch_size, n_val, input_lr_scale, blowup_factor, dtype: as in
         :class:`milr.config.TrialConfig` (defaults: the quick preset's).
     n_subset, sharpness_tol: subset size and Lanczos tolerance of lambda_1 at the warmed-up
@@ -331,8 +381,10 @@ class LateLRTask:
     seed: int
     warmup_lr: float
     warmup_steps: int = 400
-    trial_steps: int = 100
+    trial_steps: int = 200
     delta: float = 0.02
+    eval_every: int = 25
+    window: int = 4
     batch_size: int = 64
     n_val: int = 1000
     input_lr_scale: float = 0.01
@@ -352,8 +404,15 @@ class LateLRTask:
             raise ValueError(f"dataset={self.dataset!r} is not known; allowed: "
                              f"{', '.join(DATASETS)}")
         for name, lo in (("depth", 1), ("width", 1), ("seed", 0), ("warmup_steps", 1),
-                         ("trial_steps", 1), ("batch_size", 1), ("n_val", 1), ("n_subset", 1)):
+                         ("trial_steps", 1), ("batch_size", 1), ("n_val", 1), ("n_subset", 1),
+                         ("eval_every", 1), ("window", 1)):
             set_(name, check_int(name, getattr(self, name), lo))
+        for phase in ("warmup_steps", "trial_steps"):
+            n_evals = len(_eval_steps(getattr(self, phase), self.eval_every))
+            if self.window > n_evals:
+                raise ValueError(f"window={self.window} must be at most the {n_evals} "
+                                 f"evaluations of {phase}={getattr(self, phase)} at "
+                                 f"eval_every={self.eval_every}")
         set_("warmup_lr", check_float("warmup_lr", self.warmup_lr, 0.0, lo_open=True))
         set_("delta", check_float("delta", self.delta, 0.0, 1.0))
         set_("input_lr_scale", check_float("input_lr_scale", self.input_lr_scale, 0.0, 1.0))
@@ -386,7 +445,8 @@ class LateLRTask:
             d.pop(k)
         d.update({f"search_{k}": v for k, v in self.search.to_dict().items()})
         d["loss"] = "mean_cross_entropy"
-        d["criterion"] = "no divergence and val_acc_end >= val_acc_start - delta"
+        d["criterion"] = ("no divergence and mean val_acc of the trial's last window evals "
+                          ">= mean of the warm-up's last window evals - delta")
         return d
 
     def lr_scales(self) -> list[float]:
@@ -413,7 +473,8 @@ class LateLRTask:
         model = make_mlp(data.input_dim, self.width, self.depth, data.n_classes, self.seed,
                          dt, device)
         warm = warm_up(model, self.warmup_lr, xtr, ytr, order[: self.warmup_steps], xv, yv,
-                       lr_scales=self.lr_scales(), blowup_factor=self.blowup_factor)
+                       lr_scales=self.lr_scales(), blowup_factor=self.blowup_factor,
+                       eval_every=self.eval_every, window=self.window)
         tensors = {"x_train": xtr, "y_train": ytr, "order": order[self.warmup_steps:],
                    "x_val": xv, "y_val": yv}
         return model, warm, tensors
@@ -444,7 +505,9 @@ class LateLRTask:
             return out
         res = late_max_lr(model, tt["x_train"], tt["y_train"], tt["order"], tt["x_val"],
                           tt["y_val"], self.search, lr_scales=self.lr_scales(),
-                          delta=self.delta, blowup_factor=self.blowup_factor, seed=self.seed)
+                          delta=self.delta, blowup_factor=self.blowup_factor, seed=self.seed,
+                          score_start=warm.val_acc_window, eval_every=self.eval_every,
+                          window=self.window)
         out.update(eta_late=res.eta_star, bracket_lo=res.bracket_lo, bracket_hi=res.bracket_hi,
                    status=res.status, non_interval=res.non_interval, n_trials=res.n_trials,
                    search_wall_time=res.wall_time, trials=res.trials)

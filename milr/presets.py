@@ -64,11 +64,11 @@ _CONDITIONS = {
                                             "gaussian": [0.85, 0.9, 0.93]},
                              "step_budgets": [200, 400, 800], "depths": [1, 2, 4],
                              "widths": [32, 128], "seeds": [0, 1]},
-        # warm-up 400 steps at 0.1 x eta*, then trials of 100 steps (milr.late)
+        # warm-up 400 steps at 0.1 x eta*, then trials of 200 steps (milr.late)
         "late_lr": {"depths": [1, 2, 4], "widths": [32, 128, 512], "seeds": [0, 1],
                     "reference_seeds": [0, 1, 2], "warmup_fraction": 0.1,
-                    "late": {"warmup_steps": 400, "trial_steps": 100, "delta": 0.02,
-                             "n_subset": 1000, "sharpness_tol": 1e-4}},
+                    "late": {"warmup_steps": 400, "trial_steps": 200, "delta": 0.02,
+                             "window": 4, "n_subset": 1000, "sharpness_tol": 1e-4}},
     },
     "paper": {
         "width_vs_depth": {"depths": [4, 8, 16, 32, 64], "widths": [16, 32, 64, 128],
@@ -85,20 +85,20 @@ _CONDITIONS = {
         "late_lr": {"depths": [1, 2, 4, 8], "widths": [32, 128, 512, 2048],
                     "seeds": [0, 1, 2], "reference_seeds": [0, 1, 2, 3, 4],
                     "warmup_fraction": 0.1,
-                    "late": {"warmup_steps": 938, "trial_steps": 200, "delta": 0.02,
-                             "n_subset": 2048, "sharpness_tol": 1e-5}},
+                    "late": {"warmup_steps": 938, "trial_steps": 400, "delta": 0.02,
+                             "window": 8, "n_subset": 2048, "sharpness_tol": 1e-5}},
     },
     "smoke": {
         "width_vs_depth": {"depths": [2, 8], "widths": [4, 16], "seeds": [0],
                            "reference_min_width_over_depth": 8.0, "tolerance": 2.0},
-        "input_lr": {"input_lr_scales": [1.0, 0.0], "depths": [1, 2], "widths": [16, 32],
+        "input_lr": {"input_lr_scales": [1.0, 0.01, 0.0], "depths": [1, 2], "widths": [16, 32],
                      "seeds": [0]},
         "threshold_budget": {"thresholds": {"gaussian": [0.8, 0.85]}, "step_budgets": [60, 100],
                              "depths": [1, 2], "widths": [16, 32], "seeds": [0]},
         "late_lr": {"depths": [1, 2], "widths": [16, 32], "seeds": [0], "reference_seeds": [0],
                     "warmup_fraction": 0.1,
-                    "late": {"warmup_steps": 50, "trial_steps": 20, "delta": 0.02,
-                             "n_subset": 100, "sharpness_tol": 1e-3}},
+                    "late": {"warmup_steps": 60, "trial_steps": 40, "delta": 0.02,
+                             "window": 2, "n_subset": 100, "sharpness_tol": 1e-3}},
     },
 }
 for _name, _entries in _CONDITIONS.items():

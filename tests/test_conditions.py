@@ -155,7 +155,8 @@ def test_late_tasks_use_the_median_eta_star():
     tasks = late_tasks(p, ref)
     assert [(t.depth, t.width) for t in tasks] == [(1, 16)]  # the others have no eta*
     t = tasks[0]
-    assert t.warmup_lr == 0.3 and t.warmup_steps == 50 and t.trial_steps == 20
+    assert t.warmup_lr == 0.3 and t.warmup_steps == 60 and t.trial_steps == 40
+    assert t.window == 2 and t.eval_every == p["trial"]["eval_every"]
     assert t.input_lr_scale == p["trial"]["input_lr_scale"] and t.search.method == "bisect"
     assert t.search.eta_lo == p["search"]["eta_lo"]
 

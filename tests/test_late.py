@@ -122,6 +122,31 @@ def test_late_trial_outcomes_and_reasons():
         assert torch.equal(p, q)
 
 
+def test_late_trial_scores_the_mean_of_its_last_evaluations():
+    """score_end is the mean of the last `window` measurements, taken every `eval_every`
+    steps and after the last step (an independent record of every call)."""
+    x, y = _problem()
+    model = TwoBlockRegression(2, x.shape[1], seed=1)
+    order = torch.arange(len(x)).repeat(23, 1)
+    seen = []
+
+    def score(m, xv, yv):
+        seen.append(neg_mse(m, xv, yv))
+        return seen[-1]
+
+    limit = _limit(x, 2, (1.0, 1.0))
+    r = late_trial(model, 0.5 * limit, x, y, order, x, y, lr_scales=(1.0, 1.0), delta=0.0,
+                   loss_fn=mse, score_fn=score, score_start=-1e9, eval_every=5, window=3)
+    assert len(seen) == 5  # steps 5, 10, 15, 20 and 23
+    assert r.score_end == pytest.approx(np.mean(seen[-3:]), rel=1e-15) and r.success
+    assert seen == sorted(seen)  # below the limit the loss only falls
+    with pytest.raises(ValueError, match="window"):
+        late_trial(model, 0.1, x, y, order, x, y, lr_scales=(1.0, 1.0), loss_fn=mse,
+                   score_fn=neg_mse, eval_every=5, window=6)
+    with pytest.raises(ValueError, match="window"):
+        LateLRTask("gaussian", 1, 8, 0, 0.1, trial_steps=50, eval_every=25, window=4)
+
+
 def test_late_trial_validates_its_arguments():
     x, y = _problem()
     model = TwoBlockRegression(2, x.shape[1], seed=1)
@@ -189,7 +214,7 @@ def test_late_lr_tasks_builder():
     ref = {("gaussian", 1, 32): 20.0, ("gaussian", 2, 32): float("nan"),
            ("gaussian", 4, 32): 0.4567}
     tasks = late_lr_tasks(["gaussian"], [1, 2, 4], [32], [0, 1], ref, warmup_fraction=0.1,
-                          trial_steps=50)
+                          trial_steps=50, window=2)
     assert [(t.depth, t.seed) for t in tasks] == [(1, 0), (1, 1), (4, 0), (4, 1)]
     assert tasks[0].warmup_lr == 2.0 and tasks[2].warmup_lr == 0.0457
     assert tasks[2].eta_star_ref == 0.4567 and tasks[2].trial_steps == 50
@@ -204,8 +229,8 @@ def test_late_task_end_to_end(tmp_path, gaussian_small):
     hi fails) and its lambda_1 agrees with power iteration (a second algorithm)."""
     from milr.sharpness import LossHessian, power_iteration_top_eigenvalue, sharpness_subset
 
-    task = LateLRTask("gaussian", 1, 16, 0, warmup_lr=0.5, warmup_steps=60, trial_steps=30,
-                      n_val=200, n_subset=100, sharpness_tol=1e-8,
+    task = LateLRTask("gaussian", 1, 16, 0, warmup_lr=0.5, warmup_steps=60, trial_steps=50,
+                      eval_every=10, window=3, n_val=200, n_subset=100, sharpness_tol=1e-8,
                       search=SearchConfig(eta_lo=1e-2, eta_hi=30.0, tol=0.2))
     df = run_sweep([task], Store(tmp_path), progress=False, errors="raise")
     row = df.iloc[0]
@@ -214,7 +239,9 @@ def test_late_task_end_to_end(tmp_path, gaussian_small):
     assert row.warmup_val_acc > 0.6
     model, warm, tt = task.prepare(gaussian_small)
     assert warm.val_acc == row.warmup_val_acc
-    kw = dict(lr_scales=task.lr_scales(), delta=task.delta)
+    assert warm.val_acc_window == row.warmup_val_acc_window != warm.val_acc
+    kw = dict(lr_scales=task.lr_scales(), delta=task.delta, score_start=warm.val_acc_window,
+              eval_every=10, window=3)
     args = (tt["x_train"], tt["y_train"], tt["order"], tt["x_val"], tt["y_val"])
     assert late_trial(model, row.bracket_lo, *args, **kw).success
     assert not late_trial(model, row.bracket_hi, *args, **kw).success
