@@ -417,8 +417,9 @@ def forest_panel(ax, table: pd.DataFrame, labels: Sequence[str], colors: Sequenc
                  = None, theory: Sequence[float] | None = None, mark: Sequence[bool] | None
                  = None) -> None:
     """alpha with its 95 % interval per setting, one row each (top to bottom in the order
-    given), R^2 written at the right edge. ``table`` has ``alpha``, ``alpha_lo``,
-    ``alpha_hi``, ``r2`` (rows aligned with ``labels``); ``theory`` optional predicted alphas
+    given), R^2 and the number of points written at the right edge. ``table`` has ``alpha``,
+    ``alpha_lo``, ``alpha_hi``, ``r2`` and ``n_used`` (rows aligned with ``labels``);
+    ``theory`` optional predicted alphas
     (open diamonds); ``mark`` flags rows drawn bold (e.g. the default setting)."""
     n = len(labels)
     ys = np.arange(n)[::-1]
@@ -429,9 +430,11 @@ def forest_panel(ax, table: pd.DataFrame, labels: Sequence[str], colors: Sequenc
             err = [[a - lo], [hi - a]] if np.isfinite(lo) and np.isfinite(hi) else None
             ax.errorbar([a], [y], xerr=err, fmt="o", color=colors[i], ms=5, capsize=3,
                         lw=1.2, label="measured α (95 % interval)" if i == 0 else None)
-        r2 = row["r2"]
-        ax.text(1.02, y, f"R² = {r2:.2f}" if np.isfinite(r2) else "no fit",
-                transform=ax.get_yaxis_transform(), va="center", fontsize=7.5)
+        r2, n_pts = row["r2"], row.get("n_used", math.nan)
+        txt = f"R² = {r2:.2f}" if np.isfinite(r2) else "no fit"
+        if np.isfinite(n_pts):
+            txt += f"\nn = {int(n_pts)}"
+        ax.text(1.02, y, txt, transform=ax.get_yaxis_transform(), va="center", fontsize=7)
         if theory is not None and np.isfinite(theory[i]):
             ax.plot([theory[i]], [y], "D", mfc="none", mec="0.3", ms=6,
                     label="NTK-diagonal prediction" if i == 0 else None)

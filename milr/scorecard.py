@@ -11,11 +11,14 @@ results of the figure notebooks. The rules (our choices; the scorecard notebook 
   finite d/w inside the tested grid (:func:`milr.conditions.law_breakdown`); *partly* if it
   breaks but the reference law is only partly supported; *not supported* if it never breaks
   on the grid (the condition was not needed) or the reference law itself fails.
-* **condition (ii), small input-layer rate** (:func:`verdict_input_lr`): *supported* if the
-  law is supported at every small factor (<= 0.01) and not supported at the largest factor;
-  *partly* if it is supported everywhere but alpha at the largest factor lies outside the
-  small factors' alpha intervals (the law survives, its exponent changes); *not supported*
-  otherwise.
+* **condition (ii), small input-layer rate** (:func:`verdict_input_lr`). A law *holds* at a
+  factor s when R^2 >= 0.5 and alpha_lo > 0 (at least *partly* above). Small factors are the
+  trained ones with 0 < s <= 0.01 (s = 0 freezes the input layer, which the condition does
+  not cover; it is shown, not scored). *Supported* if the law holds at every small factor and
+  not at the largest one; *partly* if it does not hold at the largest factor but fails at some
+  small factor too, or if it holds everywhere but alpha at the largest factor lies outside
+  every small factor's alpha interval (the law survives, its exponent changes); *not
+  supported* otherwise.
 * **claim 2, eta* differs from the late-stage maximal rate** (:func:`verdict_late`):
   *supported* if the alpha intervals of eta* and of the late rate do not overlap or the ratio
   late / eta* has a power-law slope in d w whose interval excludes 0; *partly* if only the
@@ -136,23 +139,29 @@ def verdict_width_depth(reference, breakdown_ratio: float) -> str:
     return SUPPORTED if ref == SUPPORTED else PARTLY
 
 
+def _law_holds(f) -> bool:
+    return (f is not None and _finite(f.alpha, f.r2, f.alpha_lo) and f.r2 >= R2_WEAK
+            and f.alpha_lo > 0)
+
+
 def verdict_input_lr(fits: dict, small_max: float = 0.01) -> str:
-    """Condition (ii) rule. ``fits``: ``{input_lr_scale: fit}`` (at least one scale <=
-    ``small_max`` and one above it, else ``no data``)."""
+    """Condition (ii) rule (module docstring). ``fits``: ``{input_lr_scale: fit}``; the
+    small factors are ``0 < s <= small_max`` (s = 0, a frozen input layer, is not scored).
+    ``no data`` without a small factor and a larger one."""
     fits = {float(s): f for s, f in fits.items() if f is not None and _finite(f.alpha)}
-    small = {s: f for s, f in fits.items() if s <= small_max}
+    small = {s: f for s, f in fits.items() if 0 < s <= small_max}
     large = {s: f for s, f in fits.items() if s > small_max}
     if not small or not large:
         return NO_DATA
     big = large[max(large)]
-    small_ok = all(verdict_power_law(f) == SUPPORTED for f in small.values())
-    if not small_ok:
-        return NOT_SUPPORTED
-    if verdict_power_law(big) != SUPPORTED:
-        return SUPPORTED
+    holds_small = [_law_holds(f) for f in small.values()]
+    if not _law_holds(big):
+        if all(holds_small):
+            return SUPPORTED
+        return PARTLY if any(holds_small) else NOT_SUPPORTED
     outside = all(not intervals_overlap((big.alpha, big.alpha), (f.alpha_lo, f.alpha_hi))
                   for f in small.values())
-    return PARTLY if outside else NOT_SUPPORTED
+    return PARTLY if all(holds_small) and outside else NOT_SUPPORTED
 
 
 def verdict_late(fit_star, fit_late, fit_ratio, median_ratio: float) -> str:

@@ -46,12 +46,18 @@ def test_width_depth_rule():
 
 
 def test_input_lr_rule():
-    law = fit(0.6, 0.5, 0.7, 0.9)
-    assert verdict_input_lr({0.0: law, 0.01: law, 1.0: fit(0.05, -0.1, 0.2, 0.1)}) == SUPPORTED
+    law, weak = fit(0.6, 0.5, 0.7, 0.9), fit(0.6, 0.4, 0.8, 0.55)
+    lost = fit(0.05, -0.1, 0.2, 0.1)
+    assert verdict_input_lr({0.001: law, 0.01: weak, 1.0: lost}) == SUPPORTED
+    # a frozen input layer (s = 0) is shown, not scored
+    assert verdict_input_lr({0.0: lost, 0.01: law, 1.0: lost}) == SUPPORTED
+    assert verdict_input_lr({0.0: law, 1.0: lost}) == NO_DATA
+    # lost at s = 1 but also weak (R^2 < 0.5) at one small factor: partly
+    assert verdict_input_lr({0.001: law, 0.01: fit(0.4, 0.2, 0.5, 0.48), 1.0: lost}) == PARTLY
     # the law survives at s = 1 but its exponent leaves the small-s intervals: partly
     assert verdict_input_lr({0.01: law, 1.0: fit(0.2, 0.15, 0.25, 0.9)}) == PARTLY
     assert verdict_input_lr({0.01: law, 1.0: fit(0.62, 0.5, 0.7, 0.9)}) == NOT_SUPPORTED
-    assert verdict_input_lr({0.01: fit(0.1, -1, 1, 0.1), 1.0: law}) == NOT_SUPPORTED
+    assert verdict_input_lr({0.01: lost, 1.0: lost}) == NOT_SUPPORTED
     assert verdict_input_lr({0.01: law}) == NO_DATA
 
 
