@@ -58,14 +58,14 @@ _CONDITIONS = {
         "width_vs_depth": {"depths": [4, 8, 16, 32], "widths": [16, 32, 64], "seeds": [0, 1],
                            "reference_min_width_over_depth": 16.0, "tolerance": 2.0},
         "input_lr": {"input_lr_scales": [1.0, 0.1, 0.01, 0.001, 0.0], "depths": [1, 2, 4],
-                     "widths": [32, 128, 512], "seeds": [0, 1]},
+                     "widths": [32, 128, 256], "seeds": [0, 1]},
         # thresholds up to near the best accuracy reached in the budget (includes defaults)
         "threshold_budget": {"thresholds": {"fashion-mnist": [0.7, 0.75, 0.8],
                                             "gaussian": [0.85, 0.9, 0.93]},
                              "step_budgets": [200, 400, 800], "depths": [1, 2, 4],
                              "widths": [32, 128], "seeds": [0, 1]},
         # warm-up 400 steps at 0.1 x eta*, then trials of 200 steps (milr.late)
-        "late_lr": {"depths": [1, 2, 4], "widths": [32, 128, 512], "seeds": [0, 1],
+        "late_lr": {"depths": [1, 2, 4], "widths": [32, 128, 256], "seeds": [0, 1],
                     "reference_seeds": [0, 1, 2], "warmup_fraction": 0.1,
                     "late": {"warmup_steps": 400, "trial_steps": 200, "delta": 0.02,
                              "window": 4, "n_subset": 1000, "sharpness_tol": 1e-4}},

@@ -19,10 +19,19 @@ results of the figure notebooks. The rules (our choices; the scorecard notebook 
   small factor too, or if it holds everywhere but alpha at the largest factor lies outside
   every small factor's alpha interval (the law survives, its exponent changes); *not
   supported* otherwise.
-* **claim 2, eta* differs from the late-stage maximal rate** (:func:`verdict_late`):
-  *supported* if the alpha intervals of eta* and of the late rate do not overlap or the ratio
-  late / eta* has a power-law slope in d w whose interval excludes 0; *partly* if only the
-  level differs (median ratio outside [1/2, 2]); *not supported* otherwise.
+* **claim 2, eta* differs from the late-stage maximal rate** (:func:`verdict_late`). A rate
+  *follows its stability limit* when a fit rate ~ lambda_1^-beta has R^2 >= 0.8 and a beta
+  interval containing 1 (the rate is a constant multiple of 2 / lambda_1, the
+  edge-of-stability relation); the late rate is tested against lambda_1 at the warmed-up
+  state, eta* against lambda_1 at initialisation (effective sharpness, main grid).
+  *Supported* if the two scale differently in d w (alpha intervals of eta* and of the late
+  rate disjoint, or the ratio late / eta* has a slope in d w whose interval excludes 0), or
+  if the late rate follows its stability limit and eta* does not follow its own; *partly* if
+  only the levels differ (median late / eta* outside [1/2, 2], or the two rates sit at
+  multiples of their stability limits more than a factor 2 apart); *not supported*
+  otherwise. (This rule was extended once, after the first late-stage results, by the
+  stability-limit comparison the issue asks for; the scaling-only version is the first
+  sentence.)
 * **claim 3, eta* and lambda_1 related but not inversely** (:func:`verdict_sharpness_relation`):
   fit eta* ~ lambda_1^-beta. *Related*: R^2 >= 0.5 and beta_lo > 0; *not inverse*: the beta
   interval excludes 1. *Supported* if both; *partly* if related but an inverse law
@@ -164,9 +173,21 @@ def verdict_input_lr(fits: dict, small_max: float = 0.01) -> str:
     return PARTLY if all(holds_small) and outside else NOT_SUPPORTED
 
 
-def verdict_late(fit_star, fit_late, fit_ratio, median_ratio: float) -> str:
-    """Claim 2 rule: eta* fit, late-rate fit, fit of the ratio late / eta* (its alpha is
-    minus the slope) and the median ratio."""
+def _follows_limit(f) -> bool:
+    """rate ~ lambda_1^-beta with R^2 >= 0.8 and 1 inside the beta interval."""
+    return (f is not None and _finite(f.alpha_lo, f.alpha_hi, f.r2) and f.r2 >= R2_STRONG
+            and f.alpha_lo <= 1.0 <= f.alpha_hi)
+
+
+def verdict_late(fit_star, fit_late, fit_ratio, median_ratio: float, fit_late_eos=None,
+                 fit_early_eos=None, multiple_late: float = math.nan,
+                 multiple_early: float = math.nan) -> str:
+    """Claim 2 rule (module docstring). ``fit_star``/``fit_late``: eta* and the late rate
+    against d w; ``fit_ratio``: late / eta* against d w (its alpha is minus the slope);
+    ``median_ratio``: median late / eta*; ``fit_late_eos``: the late rate against lambda_1
+    at the warmed-up state and ``fit_early_eos``: eta* against lambda_1 at initialisation
+    (both fits ``rate ~ lambda_1^-beta``, alpha = beta); ``multiple_late``/``multiple_early``:
+    median of rate x lambda_1 / 2 (the multiple of the stability limit)."""
     if any(f is None or not _finite(f.alpha) for f in (fit_star, fit_late)):
         return NO_DATA
     disjoint = not intervals_overlap((fit_star.alpha_lo, fit_star.alpha_hi),
@@ -175,7 +196,13 @@ def verdict_late(fit_star, fit_late, fit_ratio, median_ratio: float) -> str:
              and (fit_ratio.alpha_lo > 0 or fit_ratio.alpha_hi < 0))
     if disjoint or slope:
         return SUPPORTED
+    if (_follows_limit(fit_late_eos) and fit_early_eos is not None
+            and _finite(fit_early_eos.alpha) and not _follows_limit(fit_early_eos)):
+        return SUPPORTED
     if _finite(median_ratio) and not 0.5 <= median_ratio <= 2.0:
+        return PARTLY
+    if (_finite(multiple_late, multiple_early) and multiple_late > 0 and multiple_early > 0
+            and max(multiple_late, multiple_early) / min(multiple_late, multiple_early) > 2):
         return PARTLY
     return NOT_SUPPORTED
 
@@ -370,18 +397,36 @@ def collect_scorecard(preset: str = "quick", store=None,
             if len(late):  # each late seed against the eta* of the same network
                 late = late.merge(ref[["dataset", "depth", "width", "seed", "eta_star"]],
                                   on=["dataset", "depth", "width", "seed"], how="left")
+                e_late = late.eta_late.astype(float)
                 fs = _fit(late.dw, late.eta_star)
-                fl = _fit(late.dw, late.eta_late)
-                fr = _fit(late.dw, late.eta_late.astype(float) / late.eta_star)
+                fl = _fit(late.dw, e_late)
+                fr = _fit(late.dw, e_late / late.eta_star)
                 fe = _fit(late.dw, late.stability_limit_eff)
-                med = float(np.nanmedian(late.eta_late.astype(float) / late.eta_star))
-                eos = float(np.nanmedian(late.eta_late.astype(float)
-                                         / late.stability_limit_eff.astype(float)))
+                med = float(np.nanmedian(e_late / late.eta_star))
+                eos = float(np.nanmedian(e_late / late.stability_limit_eff.astype(float)))
+                f_late_eos = _fit(late.lambda_1_eff, e_late)
+                f_early_eos, eos0 = None, math.nan
+                sd0 = sharp[sharp.dataset == ds] if len(sharp) else sharp
+                if len(sd0) and "lambda_1_eff" in sd0 and len(d):
+                    m0 = d.merge(sd0[["dataset", "depth", "width", "seed", "lambda_1_eff"]],
+                                 on=["dataset", "depth", "width", "seed"])
+                    f_early_eos = _fit(m0.lambda_1_eff, m0.eta_star)
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", RuntimeWarning)
+                        eos0 = float(np.nanmedian(m0.eta_star.astype(float)
+                                                  * m0.lambda_1_eff.astype(float) / 2))
                 numbers["2"][ds] = {"eta_star": fs, "late": fl, "ratio": fr, "two_over_l": fe,
-                                    "median_ratio": med, "median_late_over_eos": eos}
-                ev = (f"η*: {fmt_fit(fs)}; late: {fmt_fit(fl)}; 2/λ1 late: "
-                      f"α = {fe.alpha:.2f}; median late/η* = {med:.2f}, late·λ1/2 = {eos:.2f}")
-                add("2", ds, ev, verdict_late(fs, fl, fr, med))
+                                    "median_ratio": med, "median_late_over_eos": eos,
+                                    "late_eos": f_late_eos, "early_eos": f_early_eos,
+                                    "median_star_over_eos_init": eos0}
+                ev = (f"in d·w: η* α = {fs.alpha:.2f} [{fs.alpha_lo:.2f}, {fs.alpha_hi:.2f}], "
+                      f"late α = {fl.alpha:.2f} [{fl.alpha_lo:.2f}, {fl.alpha_hi:.2f}], "
+                      f"median late/η* = {med:.2f}; late = {eos:.1f} × 2/λ1 late "
+                      f"({fmt_fit(f_late_eos, 'β')})")
+                if f_early_eos is not None:
+                    ev += f"; η* = {eos0:.0f} × 2/λ1 at init ({fmt_fit(f_early_eos, 'β')})"
+                add("2", ds, ev, verdict_late(fs, fl, fr, med, f_late_eos, f_early_eos, eos,
+                                              eos0))
             else:
                 add("2", ds, "no records", NO_DATA)
 

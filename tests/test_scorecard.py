@@ -70,6 +70,15 @@ def test_late_rule():
     assert verdict_late(star, fit(0.65, 0.55, 0.8, 0.9), flat, 0.3) == PARTLY
     assert verdict_late(star, fit(0.65, 0.55, 0.8, 0.9), flat, 1.2) == NOT_SUPPORTED
     assert verdict_late(None, star, flat, 1.0) == NO_DATA
+    # same scaling in d w; the late rate follows 2/lambda_1 (beta ~ 1), eta* does not
+    same = fit(0.65, 0.55, 0.8, 0.9)
+    eos, no_eos = fit(0.95, 0.8, 1.1, 0.9), fit(0.6, 0.5, 0.7, 0.9)
+    assert verdict_late(star, same, flat, 1.0, eos, no_eos, 3.0, 15.0) == SUPPORTED
+    assert verdict_late(star, same, flat, 1.0, eos, fit(0.6, 0.3, 1.2, 0.6)) == SUPPORTED
+    # both follow their limits but at multiples 3 and 20: partly
+    assert verdict_late(star, same, flat, 1.0, eos, eos, 3.0, 20.0) == PARTLY
+    assert verdict_late(star, same, flat, 1.0, eos, eos, 3.0, 5.0) == NOT_SUPPORTED
+    assert verdict_late(star, same, flat, 1.0, no_eos, no_eos, 3.0, 5.0) == NOT_SUPPORTED
 
 
 def test_sharpness_rules():
@@ -138,10 +147,12 @@ def synthetic_store(tmp_path):
     for t in late_tasks(p, ref):
         dw = t.depth * t.width
         _put(store, t, {"eta_late": 2.0 / dw, "stability_limit_eff": 0.5 / dw,
-                        "status": "converged", "eta_star_ref": t.eta_star_ref})
+                        "lambda_1_eff": 4.0 * dw, "status": "converged",
+                        "eta_star_ref": t.eta_star_ref})
     for t in build_tasks(spec_from_preset("smoke", kind="sharpness")):
         assert isinstance(t, SharpnessTask)
-        _put(store, t, {"lambda_1": 0.5 * (t.depth * t.width) ** 0.8})
+        lam = 0.5 * (t.depth * t.width) ** 0.8
+        _put(store, t, {"lambda_1": lam, "lambda_1_eff": lam})
     return store
 
 
@@ -158,6 +169,8 @@ def test_collect_scorecard_from_synthetic_records(synthetic_store):
     assert (b.ratio, b.last_ok) == (0.5, 0.125)
     assert numbers["2"]["gaussian"]["late"].alpha == pytest.approx(1.0, abs=1e-9)
     assert numbers["2"]["gaussian"]["median_late_over_eos"] == pytest.approx(4.0)
+    assert numbers["2"]["gaussian"]["late_eos"].alpha == pytest.approx(1.0, abs=1e-9)
+    assert numbers["2"]["gaussian"]["early_eos"].alpha == pytest.approx(0.625, abs=1e-9)
     assert numbers["3"]["gaussian"].alpha == pytest.approx(0.5 / 0.8, abs=1e-9)
     assert numbers["4"]["gaussian"].alpha == pytest.approx(0.8, abs=1e-9)
     assert numbers["1 (ii)"]["gaussian"][0.0].alpha == pytest.approx(0.5, abs=1e-9)
