@@ -164,3 +164,31 @@ def test_late_tasks_use_the_median_eta_star():
 def test_breakdown_dataclass_roundtrip():
     b = Breakdown(0.25, 0.125, 0.25, [(0.125, 1, 0), (0.25, 1, 1)])
     assert Breakdown(**b.to_dict()) == b
+
+
+# -- the condition notebooks, end to end on the smoke preset ----------------------------------
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("name", ["fig_width_vs_depth", "fig_input_lr", "fig_threshold_budget"])
+def test_condition_notebook_runs_with_smoke_parameters(tmp_path, name):
+    """papermill run in smoke mode: computes the smoke grids into a temporary store and
+    writes the figure; the store holds exactly the figure's records."""
+    pm = pytest.importorskip("papermill")
+    from milr.conditions import figure_tasks
+    from milr.store import Store
+    from milr.sweep import unique_tasks
+
+    nb = ROOT / "notebooks" / f"{name}.ipynb"
+    store, figs = tmp_path / "store", tmp_path / "figs"
+    pm.execute_notebook(str(nb), str(tmp_path / "out.ipynb"), kernel_name="python3",
+                        cwd=str(nb.parent), progress_bar=False,
+                        parameters={"smoke": True, "store_dir": str(store),
+                                    "figure_dir": str(figs)})
+    assert (figs / f"{name}.png").stat().st_size > 20_000 and (figs / f"{name}.pdf").exists()
+    parts = figure_tasks(get_preset("smoke"), name.removeprefix("fig_"))
+    tasks = unique_tasks([t for ts in parts.values() for t in ts])
+    st = Store(store)
+    assert all(st.state(t.kind, t.record_config()) == "done" for t in tasks)
+    assert len(list((store / "eta_star").glob("*.json"))) == len(tasks)

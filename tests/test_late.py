@@ -250,3 +250,27 @@ def test_late_task_end_to_end(tmp_path, gaussian_small):
     pw = power_iteration_top_eigenvalue(op.matvec, op.n, tol=1e-10, maxiter=5000)
     assert row.lambda_1_eff == pytest.approx(pw.eigenvalue, rel=1e-5)
     assert row.stability_limit_eff == pytest.approx(2 / row.lambda_1_eff)
+
+
+def test_late_notebook_runs_with_smoke_parameters(tmp_path):
+    """papermill run in smoke mode: eta* of the smoke grid, then the late-stage searches of
+    every configuration with an eta*, then the figure."""
+    pm = pytest.importorskip("papermill")
+    from pathlib import Path
+
+    from milr.conditions import figure_tasks, late_tasks
+    from milr.presets import get_preset
+    from milr.sweep import load_results
+
+    nb = Path(__file__).resolve().parent.parent / "notebooks" / "fig_late_lr.ipynb"
+    store, figs = tmp_path / "store", tmp_path / "figs"
+    pm.execute_notebook(str(nb), str(tmp_path / "out.ipynb"), kernel_name="python3",
+                        cwd=str(nb.parent), progress_bar=False,
+                        parameters={"smoke": True, "store_dir": str(store),
+                                    "figure_dir": str(figs)})
+    assert (figs / "fig_late_lr.png").stat().st_size > 20_000
+    p = get_preset("smoke")
+    ref = load_results(figure_tasks(p, "late_lr")["reference"], Store(store))
+    late = load_results(late_tasks(p, ref), Store(store))
+    assert len(late) == len(late_tasks(p, ref)) >= 3
+    assert (late.eta_late > 0).all() and (late.lambda_1_eff > 0).all()
