@@ -239,7 +239,8 @@ class EigenResult:
     residual_norm: ``||A v - lambda_1 v||`` for the returned unit vector v (same units).
     n_hvp: operator products used, including the one that measures the residual.
     converged: the solver met its tolerance (residual <= tol * |lambda_1|).
-    method: ``"lanczos"`` or ``"power"``; tol: the tolerance asked for.
+    method: ``"lanczos"``, ``"power"`` or ``"lanczos->power"`` (ARPACK broke down, see
+        :func:`lanczos_top_eigenvalue`); tol: the tolerance asked for.
     wall_time: seconds. history: power iteration's Rayleigh quotients, one per product (only
         with ``history=True``). eigenvector: the unit vector (not serialised).
     """
@@ -291,9 +292,11 @@ def lanczos_top_eigenvalue(matvec: Callable[[np.ndarray], np.ndarray], n: int,
 
     For n <= 2 (ARPACK needs k < n) the matrix is built from n products and solved densely.
     A run that hits ``maxiter`` returns its best Ritz pair with ``converged=False``; it does
-    not raise. Source: DESIGN.md habits (``which='LA'``, seeded start, stated tolerance).
+    not raise. On an ARPACK breakdown error (the zero operator, a start vector spanning an
+    invariant subspace) it falls back to :func:`power_iteration_top_eigenvalue` and reports
+    ``method="lanczos->power"``. Source: DESIGN.md habits (``which='LA'``, seeded start, stated tolerance).
     """
-    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+    from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, LinearOperator, eigsh
 
     n, tol, seed, maxiter = _check_solver_args(n, tol, seed, maxiter)
     t0 = time.perf_counter()
@@ -320,6 +323,13 @@ def lanczos_top_eigenvalue(matvec: Callable[[np.ndarray], np.ndarray], n: int,
                 lam, vec = float(exc.eigenvalues[-1]), exc.eigenvectors[:, -1]
             else:
                 lam, vec = math.nan, None
+        except ArpackError:
+            # ARPACK stops on an exact breakdown (e.g. the zero operator, or a start vector
+            # in an invariant subspace): fall back to power iteration, and say so.
+            r = power_iteration_top_eigenvalue(mv, n, tol, seed, maxiter)
+            r.method, r.n_hvp, r.wall_time = "lanczos->power", count[0], \
+                time.perf_counter() - t0
+            return r
     if vec is not None:
         vec = vec / np.linalg.norm(vec)
         res = float(np.linalg.norm(mv(vec) - lam * vec))

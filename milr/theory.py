@@ -27,6 +27,7 @@ across the C outputs. On the diagonal (``r = ||x||^2 / n0``): ``E_l = r``, ``B_l
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -41,6 +42,7 @@ __all__ = [
     "InfiniteWidthNTK",
     "infinite_width_ntk",
     "ntk_diagonal",
+    "empirical_ntk",
     "empirical_ntk_diagonal",
     "softmax_hessian",
     "gn_top_eigenvalue",
@@ -52,6 +54,9 @@ __all__ = [
     "predicted_stability_limit",
     "full_lr_scales",
     "top_eigenvalue_psd",
+    "TheoryTask",
+    "theory_tasks",
+    "THEORY_KIND",
 ]
 
 
@@ -192,32 +197,55 @@ def ntk_diagonal(sq_norm, n0: int, depth: int, width: int, input_lr_scale: float
             + 0.5 * s[:d].sum() + s[d])
 
 
-def empirical_ntk_diagonal(model, x: torch.Tensor, input_lr_scale: float = 1.0,
-                           lr_scales: Sequence[float] | None = None) -> np.ndarray:
-    """The finite-width NTK diagonal ``Theta_kk(x_i, x_i) = sum_layers s_l ||d f_k(x_i) /
-    d theta_l||^2`` of ``model`` at its current parameters, ``(N, C)`` float64.
+def empirical_ntk(model, x: torch.Tensor, input_lr_scale: float = 1.0,
+                  lr_scales: Sequence[float] | None = None) -> np.ndarray:
+    """The finite-width NTK of ``model`` at its current parameters, per logit:
+    ``Theta_kk(x_i, x_j) = sum_l s_l <d f_k(x_i)/d theta_l, d f_k(x_j)/d theta_l>``,
+    an ``(C, N, N)`` float64 array (cross-logit blocks k != k' are not computed).
 
-    ``x``: ``(N, n0)``. One backward pass per (input, logit): keep N small (tests use a few).
-    The model is evaluated in its own dtype; nothing is modified.
+    ``x``: ``(N, n0)``. One backward pass per (input, logit) and the N x N inner products
+    of the gradients: keep N small (tests use a few inputs). Nothing is modified.
     """
     depth = len(model.layers) - 1
     s = full_lr_scales(depth, input_lr_scale, lr_scales)
-    if x.ndim != 2:
-        raise ValueError(f"x must be (N, n0), got {tuple(x.shape)}")
-    layers = list(model.layers)
-    params = [list(layer.parameters()) for layer in layers]
+    if x.ndim != 2 or x.shape[1] != model.n0:
+        raise ValueError(f"x must be (N, {model.n0}), got {tuple(x.shape)}")
+    dtype = next(model.parameters()).dtype
+    params = list(model.parameters())
+    weights = torch.cat([torch.full((p.numel(),), float(s[li]), dtype=torch.float64)
+                         for li, layer in enumerate(model.layers)
+                         for p in layer.parameters()])
+    n, c = x.shape[0], model.n_classes
+    out = np.zeros((c, n, n))
+    for k in range(c):                       # one logit at a time: memory N x n_params
+        grads = torch.empty(n, weights.numel(), dtype=torch.float64)
+        for i in range(n):
+            logit = model(x[i:i + 1].to(dtype))[0, k]
+            g = torch.autograd.grad(logit, params)
+            grads[i] = torch.cat([t.reshape(-1) for t in g]).double()
+        out[k] = ((grads * weights) @ grads.T).numpy()
+    return out
+
+
+def empirical_ntk_diagonal(model, x: torch.Tensor, input_lr_scale: float = 1.0,
+                           lr_scales: Sequence[float] | None = None) -> np.ndarray:
+    """The finite-width NTK diagonal ``Theta_kk(x_i, x_i) = sum_l s_l ||d f_k(x_i) / d
+    theta_l||^2``, ``(N, C)`` float64. Memory: one gradient at a time (fine for very wide
+    nets, unlike :func:`empirical_ntk`). One backward pass per (input, logit)."""
+    depth = len(model.layers) - 1
+    s = full_lr_scales(depth, input_lr_scale, lr_scales)
+    if x.ndim != 2 or x.shape[1] != model.n0:
+        raise ValueError(f"x must be (N, {model.n0}), got {tuple(x.shape)}")
+    dtype = next(model.parameters()).dtype
+    layer_of = [li for li, layer in enumerate(model.layers) for _ in layer.parameters()]
+    params = list(model.parameters())
     out = np.zeros((x.shape[0], model.n_classes))
     for i in range(x.shape[0]):
-        logits = model(x[i:i + 1].to(next(model.parameters()).dtype))[0]
+        logits = model(x[i:i + 1].to(dtype))[0]
         for k in range(model.n_classes):
-            flat = [p for ps in params for p in ps]
-            grads = torch.autograd.grad(logits[k], flat, retain_graph=k + 1 < model.n_classes)
-            tot, j = 0.0, 0
-            for li, ps in enumerate(params):
-                for _ in ps:
-                    tot += s[li] * float((grads[j].double() ** 2).sum())
-                    j += 1
-            out[i, k] = tot
+            g = torch.autograd.grad(logits[k], params, retain_graph=k + 1 < model.n_classes)
+            out[i, k] = sum(float(s[li]) * float((t.double() ** 2).sum())
+                            for li, t in zip(layer_of, g))
     return out
 
 
@@ -458,7 +486,7 @@ def sharpness_bounds(x, depth: int, width: int, n_classes: int, input_lr_scale: 
     r_bar = float(r.mean())
     return {"lower": lower, "upper": upper, "upper_trace": upper_trace,
             "c1": h_lo * gamma, "c2": h_hi * r_bar,
-            "input_term": h_hi * 0.5 * s[0] * float(sq.mean()),
+            "input_term": float(h_hi * 0.5 * s[0] * sq.mean()),
             "bias_term": h_hi * (0.5 * float(s[:depth].sum()) + float(s[depth])),
             "h_lo": h_lo, "h_hi": h_hi, "gamma": gamma, "r_bar": r_bar}
 
@@ -481,3 +509,115 @@ def predicted_stability_limit(depth, width, c: float = 1.0) -> np.ndarray:
     c = check_float("c", c, 0.0, lo_open=True)
     dw = np.asarray(depth, dtype=np.float64) * np.asarray(width, dtype=np.float64)
     return 2.0 / (c * dw)
+
+
+# --------------------------------------------------------------------------- sweep tasks
+
+THEORY_KIND = "sharpness_theory"
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_kernels(dataset: str, n_subset: int, depth: int, input_lr_scale: float):
+    from .data import load_dataset
+    from .sharpness import sharpness_subset
+
+    x, _ = sharpness_subset(load_dataset(dataset), n_subset)
+    x = x.double().numpy()
+    return x, infinite_width_ntk(x, depth, input_lr_scale)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_profile(dataset: str, n_subset: int, max_depth: int):
+    from .data import load_dataset
+    from .sharpness import sharpness_subset
+
+    x, _ = sharpness_subset(load_dataset(dataset), n_subset)
+    return depth_profile(x.double().numpy(), max_depth)
+
+
+@dataclass(frozen=True)
+class TheoryTask:
+    """Infinite-width prediction and bounds for lambda_1 of one architecture on the same
+    data subset as :class:`milr.sharpness.SharpnessTask` (deterministic: no network seed).
+
+    dataset, depth, width: the architecture; n_subset: the subset size (same rule as the
+    measurements); input_lr_scale: s_1 (1 for the plain Hessian, the trials' factor for the
+    effective sharpness); n_draws: NNGP logit draws of :func:`predicted_lambda_gn`;
+    bound_draws, level, max_depth: of :func:`sharpness_bounds`; draw_seed: seed of the draws.
+    The kernels of one (data set, depth, s_1) are cached in the process, so a sweep over
+    widths computes them once.
+    """
+
+    dataset: str
+    depth: int
+    width: int
+    n_subset: int = 1000
+    input_lr_scale: float = 1.0
+    n_draws: int = 8
+    bound_draws: int = 32
+    level: float = 0.9
+    max_depth: int = 8
+    draw_seed: int = 0
+    kind = THEORY_KIND
+
+    def __post_init__(self):
+        from .data import DATASETS
+
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset={self.dataset!r} is not known; allowed: "
+                             f"{', '.join(DATASETS)}")
+        for name, lo in (("depth", 1), ("width", 1), ("n_subset", 1), ("n_draws", 2),
+                         ("bound_draws", 2), ("max_depth", 1), ("draw_seed", 0)):
+            set_(name, check_int(name, getattr(self, name), lo))
+        set_("input_lr_scale", check_float("input_lr_scale", self.input_lr_scale, 0.0, 1.0))
+        set_("level", check_float("level", self.level, 0.0, 1.0, lo_open=True, hi_open=True))
+
+    def record_config(self) -> dict:
+        """Flat JSON configuration keying the record."""
+        from dataclasses import asdict
+
+        from .sharpness import SUBSET_SEED
+
+        d = asdict(self)
+        d["subset"] = f"train[randperm(seed={SUBSET_SEED})[:n_subset]]"
+        d["loss"] = "mean_cross_entropy"
+        return d
+
+    def compute(self, device=None) -> dict:
+        """Prediction (``pred_*``), bounds and kernel summaries (floats); ``device`` unused
+        (numpy float64 on the CPU)."""
+        from .data import load_dataset
+
+        x, k = _cached_kernels(self.dataset, self.n_subset, self.depth,
+                               float(self.input_lr_scale))
+        c = load_dataset(self.dataset).n_classes
+        pred = predicted_lambda_gn(x, self.depth, self.width, c, kernels=k,
+                                   n_draws=self.n_draws, seed=self.draw_seed)
+        md = max(self.depth, self.max_depth)
+        b = sharpness_bounds(x, self.depth, self.width, c, kernels=k, n_draws=self.bound_draws,
+                             seed=self.draw_seed, level=self.level, max_depth=self.max_depth,
+                             profile=_cached_profile(self.dataset, self.n_subset, md))
+        theta = k.gram(self.width)
+        out = {f"pred_{key}": v for key, v in pred.items() if key != "draws"}
+        out.update(b)
+        out["ntk_diag_mean"] = float(np.diag(theta).mean())
+        out["ntk_top_over_n"] = top_eigenvalue_psd(theta) / len(theta)
+        out["n_classes"] = c
+        return out
+
+
+def theory_tasks(datasets, depths, widths, input_lr_scales=(1.0,), min_width_over_depth=1.0,
+                 **options) -> list[TheoryTask]:
+    """:class:`TheoryTask` for every (data set, depth, width, s_1) with w >= depth (the same
+    grid rule as the measurements); ``options`` are the other fields. Validated up front."""
+    mwd = check_float("min_width_over_depth", min_width_over_depth, 0.0)
+    tasks = []
+    for ds in datasets:
+        for s1 in input_lr_scales:
+            for d in depths:
+                for w in widths:
+                    t = TheoryTask(ds, d, w, input_lr_scale=s1, **options)
+                    if t.width >= mwd * t.depth:
+                        tasks.append(t)
+    return tasks
