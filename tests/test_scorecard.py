@@ -86,10 +86,17 @@ def test_sharpness_rules():
     assert verdict_sharpness_relation(fit(0.9, 0.7, 1.1, 0.8)) == PARTLY  # inverse possible
     assert verdict_sharpness_relation(fit(0.6, 0.5, 0.7, 0.2)) == NOT_SUPPORTED
     assert verdict_sharpness_bounds(fit(0.8, 0.7, 0.9, 0.95)) == SUPPORTED
-    assert verdict_robustness([fit(0.6, 0.5, 0.7, 0.9)] * 3) == SUPPORTED
-    assert verdict_robustness([fit(0.6, 0.5, 0.7, 0.9), fit(0.6, 0.5, 0.7, 0.6)]) == PARTLY
-    assert verdict_robustness([fit(0.6, 0.5, 0.7, 0.6)] * 3) == NOT_SUPPORTED
-    assert verdict_robustness([]) == NO_DATA
+    dflt = fit(0.6, 0.5, 0.7, 0.5)
+    assert verdict_robustness(dflt, [fit(0.55, 0.1, 0.9, 0.3), fit(0.7, 0.6, 0.8, 0.9)]) \
+        == SUPPORTED  # interval bounds inclusive; R^2 does not enter
+    assert verdict_robustness(dflt, [fit(0.65, 0.5, 0.7, 0.9), fit(0.9, 0.8, 1.0, 0.9)]) \
+        == PARTLY
+    assert verdict_robustness(dflt, [fit(0.9, 0.8, 1.0, 0.9)] * 3) == NOT_SUPPORTED
+    # a fit that lost more than a third of its points is not scored
+    lost = PowerLawFit(1.5, 0.0, 1.4, 1.6, 1.0, 6, 6, 0.95)
+    assert verdict_robustness(dflt, [lost, fit(0.62, 0.5, 0.7, 0.9)]) == SUPPORTED
+    assert verdict_robustness(dflt, [lost]) == NO_DATA
+    assert verdict_robustness(None, [dflt]) == NO_DATA
 
 
 def test_helpers_and_rendering(tmp_path):
@@ -105,6 +112,9 @@ def test_helpers_and_rendering(tmp_path):
     cell = fig.axes[0].tables[0].get_celld()[(1, 2)]
     assert cell.get_facecolor()[:3] == pytest.approx((0xa6 / 255, 0xdb / 255, 0xa0 / 255))
     assert "power law" in RULES and "R^2 >= 0.8" in RULES
+    from milr.scorecard import RULES_MD
+    assert "`verdict_power_law`" in RULES_MD and ":func:" not in RULES_MD
+    assert "``" not in RULES_MD
 
 
 # -- the evidence, from a store of synthetic records ------------------------------------------
