@@ -123,7 +123,7 @@ class SearchConfig:
     eta_lo, eta_hi: initial bracket [l, u], 0 < l < u (default [1e-3, 30]).
     tol: stop when u / l <= 1 + tol (default 0.1, i.e. eta* known to within 10 %).
     scan_factor: ratio between consecutive points of the coarse geometric scan that first
-        looks for a successful eta (default 4; see DESIGN: success is not monotone in eta).
+        looks for a successful eta (default 4; success is not monotone in eta, see milr.search).
     scan: ``"top-down"`` scans from u downwards and stops at the first success (cheap:
         high rates diverge fast); ``"full"`` tries every scan point, which also reports
         eta_min and flags outcomes that are not an interval.

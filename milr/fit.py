@@ -40,9 +40,10 @@ class PowerLawFit:
         return np.exp(self.log_c) * np.asarray(x, dtype=float) ** (-self.alpha)
 
     def label(self, name: str = "\u03b1") -> str:
-        """Legend text such as ``α = 0.91 ± 0.05, R² = 0.97``."""
+        """Legend text such as ``α = 0.91 ± 0.05 (95 % CI), R² = 0.97``; ± is half the width of
+        the bootstrap interval."""
         half = (self.alpha_hi - self.alpha_lo) / 2
-        pm = f" \u00b1 {half:.2f}" if math.isfinite(half) else ""
+        pm = f" \u00b1 {half:.2f} ({self.ci:.0%} CI)" if math.isfinite(half) else ""
         return f"{name} = {self.alpha:.2f}{pm}, R\u00b2 = {self.r2:.2f}"
 
     def to_dict(self) -> dict:
@@ -69,7 +70,7 @@ def fit_power_law(x, y, n_boot: int = 1000, ci: float = 0.95, seed: int = 0) -> 
     all x equal, every statistic is NaN.
 
     Raises ``ValueError`` if x and y differ in length or ``ci`` is outside (0, 1).
-    Source: our choice (DESIGN.md: fit log eta* on log d*w, never a plotting library's logx).
+    Source: our choice (fit log eta* on log d*w, never a plotting library's log-x option).
     """
     x = np.asarray(x, dtype=float).ravel()
     y = np.asarray(y, dtype=float).ravel()

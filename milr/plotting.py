@@ -14,11 +14,12 @@ __all__ = ["use_style", "depth_color", "DEPTH_COLORS", "savefig", "DATASET_LABEL
 
 FIGURES_DIR = Path(__file__).resolve().parent.parent / "figures"
 
-#: Same depth -> same colour in every figure (colour-blind-safe, ordered light to dark).
+#: Same depth -> same colour in every figure (Okabe-Ito colour-blind-safe palette, all of it
+#: readable on white).
 DEPTH_COLORS = {
-    1: "#fdb863", 2: "#e66101", 4: "#b2abd2", 8: "#5e3c99", 16: "#1b7837", 32: "#000000",
+    1: "#E69F00", 2: "#D55E00", 4: "#009E73", 8: "#0072B2", 16: "#CC79A7", 32: "#000000",
 }
-_EXTRA = ["#a6dba0", "#762a83", "#999999"]
+_EXTRA = ["#56B4E9", "#999999", "#F0E442"]
 
 DATASET_LABELS = {
     "fashion-mnist": "Fashion-MNIST",

@@ -3,9 +3,10 @@
 The paper's Algorithm 1 bisects a bracket [l, u]: train at the midpoint m; success -> l = m,
 failure -> u = m. With a finite step budget a too-*small* rate also fails (too slow), so the
 successful rates form an interval [eta_min, eta*], not a half-line, and a bisection started
-from a wide bracket can fall below eta_min and return nonsense. We therefore (our choice,
-see DESIGN.md) first scan the bracket geometrically to find a success, then bisect between the
-largest success and the first failure above it.
+from a wide bracket can fall below eta_min and return nonsense (measured on Fashion-MNIST: at
+depth 1, width 64 a log-bisection of [1e-3, 30] fails at its first midpoint 0.17 while
+eta = 3.6 succeeds). We therefore (our choice) first scan the bracket geometrically to find a
+success, then bisect between the largest success and the first failure above it.
 """
 from __future__ import annotations
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import os
 import math
 import signal
 import time
@@ -267,8 +268,23 @@ def sweep_status(tasks: list, store: Store | None = None) -> SweepStatus:
 
 # -- running ----------------------------------------------------------------------------------
 
+def _tqdm_class():
+    """tqdm front end: ``MILR_PROGRESS=text`` forces the plain-text bar (``make figures`` sets it
+    for papermill, where a widget would be stored as a frozen 0 % bar), ``MILR_PROGRESS=off``
+    disables bars, anything else lets ``tqdm.auto`` choose (a widget in JupyterLab).
+    """
+    mode = os.environ.get("MILR_PROGRESS", "auto").lower()
+    if mode == "text":
+        from tqdm.std import tqdm
+    else:
+        from tqdm.auto import tqdm
+    return tqdm
+
+
 def _bar(total: int | None, enabled: bool, desc: str, position: int = 0, leave: bool = True):
-    from tqdm.auto import tqdm
+    tqdm = _tqdm_class()
+    if os.environ.get("MILR_PROGRESS", "").lower() == "off":
+        enabled = False
 
     return tqdm(total=total, desc=desc, unit="task" if position == 0 else "trial",
                 disable=not enabled, position=position, leave=leave, dynamic_ncols=True,

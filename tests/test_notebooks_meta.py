@@ -337,8 +337,6 @@ def _outputs_text(cell) -> str:
     return "".join(parts)
 
 
-@pytest.mark.xfail(strict=True, reason="milr/sweep.py picks tqdm.auto's widget front end in "
-                   "every kernel; proposed: honour MILR_PROGRESS=text (set by `make figures`)")
 def test_sweep_progress_is_text_under_papermill_and_a_widget_in_lab(tmp_path, monkeypatch):
     pm = pytest.importorskip("papermill")
     pytest.importorskip("ipywidgets")
