@@ -3,6 +3,7 @@ eigen-solvers against each other and against operators with known spectra, the s
 and the two sharpness figure notebooks (smoke runs)."""
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -410,21 +411,38 @@ def _run_notebook(name, tmp_path, **extra):
     pm = pytest.importorskip("papermill")
     nb = ROOT / "notebooks" / f"{name}.ipynb"
     figs = tmp_path / "figs"
-    pm.execute_notebook(str(nb), str(tmp_path / "out.ipynb"), kernel_name="python3",
+    out = tmp_path / "out.ipynb"
+    pm.execute_notebook(str(nb), str(out), kernel_name="python3",
                         cwd=str(nb.parent), progress_bar=False,
                         parameters={"smoke": True, "store_dir": str(tmp_path / "store"),
                                     "figure_dir": str(figs), **extra})
-    return figs
+    text = ""
+    for c in json.loads(out.read_text())["cells"]:
+        for o in c.get("outputs", []):
+            t = o.get("text", "")
+            text += "".join(t) if isinstance(t, list) else t
+    return figs, text
 
 
 def test_sharpness_vs_dw_notebook_smoke(tmp_path):
-    figs = _run_notebook("fig_sharpness_vs_dw", tmp_path)
+    figs, text = _run_notebook("fig_sharpness_vs_dw", tmp_path)
     assert (figs / "fig_sharpness_vs_dw.png").stat().st_size > 10_000
     assert (figs / "fig_sharpness_vs_dw.pdf").exists()
-    assert len(list((tmp_path / "store" / "sharpness").glob("*.json"))) >= 3
+    assert len(list((tmp_path / "store" / "sharpness").glob("*.json"))) == 4
+    assert len(list((tmp_path / "store" / "sharpness_theory").glob("*.json"))) == 8
+    assert "lambda_1 (measured): 4 of 4 records" in text
 
 
 def test_eta_star_vs_sharpness_notebook_smoke(tmp_path):
-    figs = _run_notebook("fig_eta_star_vs_sharpness", tmp_path)
+    figs, text = _run_notebook("fig_eta_star_vs_sharpness", tmp_path, compute_eta_missing=True)
     assert (figs / "fig_eta_star_vs_sharpness.png").stat().st_size > 10_000
     assert (figs / "fig_eta_star_vs_sharpness.pdf").exists()
+    assert "eta*: 4 of 4 cached" in text and "missing" not in text
+
+
+def test_eta_star_vs_sharpness_notebook_without_eta_star(tmp_path):
+    """No eta* in the cache (and none computed): the notebook still runs, draws what it can
+    and lists what is missing."""
+    figs, text = _run_notebook("fig_eta_star_vs_sharpness", tmp_path)
+    assert (figs / "fig_eta_star_vs_sharpness.png").exists()
+    assert "eta*: 0 of 4 cached" in text and "eta* missing for 4 configuration(s)" in text
