@@ -455,10 +455,11 @@ def search_best_accuracy(tasks: Sequence, store=None) -> pd.DataFrame:
     ``width``, ``seed``, ``best_acc``. Shows how far a search that never reached the
     threshold got."""
     from .store import Store
+    from .sweep import unique_tasks
 
     store = Store() if store is None else store
     rows = []
-    for t in tasks:
+    for t in unique_tasks(tasks):  # a task listed twice is one record, one row
         rec = store.get(t.kind, t.record_config())
         if rec is None:
             continue

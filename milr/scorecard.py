@@ -86,7 +86,7 @@ CLAIMS = [
      "fig_eta_star_vs_sharpness"),
     ("4", "λ1 at initialisation is bounded above and below in terms of d·w",
      "fig_sharpness_vs_dw"),
-    ("ours", "robustness: the power law under other thresholds and step budgets",
+    ("ours", "robustness (ours): the exponent α under other thresholds and step budgets",
      "fig_threshold_budget"),
 ]
 

@@ -192,3 +192,17 @@ def test_condition_notebook_runs_with_smoke_parameters(tmp_path, name):
     st = Store(store)
     assert all(st.state(t.kind, t.record_config()) == "done" for t in tasks)
     assert len(list((store / "eta_star").glob("*.json"))) == len(tasks)
+
+
+def test_search_best_accuracy_one_row_per_record(tmp_path):
+    from milr.conditions import search_best_accuracy
+    from milr.store import Store
+
+    p = get_preset("smoke")
+    t = eta_star_tasks(["gaussian"], [1], [16], [0], p["trial"], p["search"])[0]
+    st = Store(tmp_path)
+    st.put(t.kind, t.record_config(), {"eta_star": 1.0, "trials": [
+        {"eta": 1.0, "best_acc": 0.7}, {"eta": 2.0, "best_acc": float("nan")},
+        {"eta": 0.5, "best_acc": 0.81}]})
+    out = search_best_accuracy([t, t], st)  # listed twice (two grids share it)
+    assert len(out) == 1 and out.best_acc.iloc[0] == 0.81
