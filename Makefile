@@ -37,7 +37,7 @@ figures: venv
 	@mkdir -p $(BUILD)/notebooks figures
 	@set -e; for nb in $(NOTEBOOKS); do \
 	  echo "papermill $$nb"; \
-	  MILR_PROGRESS=text $(PY) -m papermill --kernel python3 --cwd notebooks --no-progress-bar \
+	  MILR_PROGRESS=text $(PY) -m papermill --kernel python3 --cwd notebooks --no-progress-bar --log-level ERROR \
 	    $$nb $(BUILD)/notebooks/$$(basename $$nb) >/dev/null; \
 	done
 	@ls -1 figures
