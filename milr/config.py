@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field, fields
 
 from .data import CHANCE_ACCURACY, DATASETS, DEFAULT_THRESHOLDS
 
-__all__ = ["TrialConfig", "SearchConfig", "config_key", "check_int", "check_float"]
+__all__ = ["TrialConfig", "SearchConfig", "config_key", "check_int", "check_float",
+           "check_dataset"]
 
 DTYPES = ("float32", "float64")
 
@@ -32,6 +33,13 @@ def check_int(name: str, value, lo: int = 1, hi: int | None = None) -> int:
         rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
         raise ValueError(f"{name}={value} must be an integer {rng}")
     return value
+
+
+def check_dataset(name) -> str:
+    """``name`` if it is a known data set, else ``ValueError`` listing the allowed names."""
+    if name not in DATASETS:
+        raise ValueError(f"dataset={name!r} is not known; allowed: {', '.join(DATASETS)}")
+    return name
 
 
 def check_float(
@@ -91,10 +99,7 @@ class TrialConfig:
     dtype: str = "float32"
 
     def __post_init__(self):
-        if self.dataset not in DATASETS:
-            raise ValueError(
-                f"dataset={self.dataset!r} is not known; allowed: {', '.join(DATASETS)}"
-            )
+        check_dataset(self.dataset)
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
         set_("depth", check_int("depth", self.depth))
         set_("width", check_int("width", self.width))

@@ -52,8 +52,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import SearchConfig, check_float, check_int
-from .data import CHANCE_ACCURACY, DATASETS, Dataset
+from .config import SearchConfig, check_float, check_int, check_dataset
+from .data import CHANCE_ACCURACY, Dataset
 from .search import EtaStarResult, eta_star_single
 
 __all__ = ["LateTrialResult", "late_trial", "late_max_lr", "warm_up", "WarmUpResult",
@@ -400,9 +400,7 @@ class LateLRTask:
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
-        if self.dataset not in DATASETS:
-            raise ValueError(f"dataset={self.dataset!r} is not known; allowed: "
-                             f"{', '.join(DATASETS)}")
+        check_dataset(self.dataset)
         for name, lo in (("depth", 1), ("width", 1), ("seed", 0), ("warmup_steps", 1),
                          ("trial_steps", 1), ("batch_size", 1), ("n_val", 1), ("n_subset", 1),
                          ("eval_every", 1), ("window", 1)):

@@ -42,8 +42,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import check_float, check_int
-from .data import DATASETS, Dataset, load_dataset
+from .config import check_float, check_int, check_dataset
+from .data import Dataset, load_dataset
 from .models import MLP, layer_lr_scales, make_mlp
 
 __all__ = [
@@ -465,9 +465,7 @@ class SharpnessTask:
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
-        if self.dataset not in DATASETS:
-            raise ValueError(f"dataset={self.dataset!r} is not known; allowed: "
-                             f"{', '.join(DATASETS)}")
+        check_dataset(self.dataset)
         set_("depth", check_int("depth", self.depth))
         set_("width", check_int("width", self.width))
         set_("seed", check_int("seed", self.seed, 0))
