@@ -453,7 +453,7 @@ def collect_scorecard(preset: str = "quick", store=None,
             prod = (m.eta_star.astype(float) * m.lambda_1.astype(float))
             prod = prod[np.isfinite(prod)]
             spread = (f"; η*·λ1 from {prod.min():.2g} to {prod.max():.2g}" if len(prod) else "")
-            add("3", ds, fmt_fit(fb, "β (η* ~ λ1^-β)") + spread,
+            add("3", ds, fmt_fit(fb, "β (η* ~ λ1^-β, λ1 of the plain Hessian)") + spread,
                 verdict_sharpness_relation(fb))
             lam = sd.lambda_1.astype(float).to_numpy()
             fg = _fit(sd.dw, 1.0 / lam)
