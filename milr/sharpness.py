@@ -42,7 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import check_float, check_int, check_dataset
+from .config import check_float, check_int, check_dataset, grid_axes
 from .data import Dataset, load_dataset
 from .models import MLP, layer_lr_scales, make_mlp
 
@@ -543,12 +543,7 @@ def sharpness_tasks(datasets: Iterable[str], depths: Iterable[int], widths: Iter
     fields of :class:`SharpnessTask` (n_subset, input_lr_scale, tol, solver, ...).
     Raises ``ValueError``/``TypeError`` naming the first bad parameter; nothing is computed.
     """
-    seeds = [check_int("seed", s, 0) for s in seeds]
-    datasets, depths, widths = list(datasets), list(depths), list(widths)
-    for name, vals in (("datasets", datasets), ("depths", depths), ("widths", widths),
-                       ("seeds", seeds)):
-        if not vals:
-            raise ValueError(f"{name} must not be empty")
+    datasets, depths, widths, seeds = grid_axes(datasets, depths, widths, seeds)
     mwd = check_float("min_width_over_depth", min_width_over_depth, 0.0)
     allowed = {f for f in SharpnessTask.__dataclass_fields__} - {"dataset", "depth", "width",
                                                                   "seed"}
