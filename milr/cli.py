@@ -135,6 +135,9 @@ def _add_run_options(p: argparse.ArgumentParser, default_workers: str = "auto") 
     g.add_argument("--torch-threads", type=int, metavar="N", default=1,
                    help="torch threads per task (default 1: CPU results then do not depend on "
                         "the machine or backend)")
+    g.add_argument("--no-group-seeds", action="store_true",
+                   help="batched eta* search: one call per seed instead of all seeds of a "
+                        "configuration in one batch (the default)")
     g.add_argument("--errors", choices=("continue", "raise"), default="continue",
                    help="on a failing task: record it and go on (default), or stop")
     o = p.add_argument_group("output")
@@ -205,7 +208,7 @@ def _run_kwargs(args) -> dict:
     dask = args.scheduler is not None or args.dask_workers is not None
     return dict(workers=1 if dask else args.workers, scheduler=args.scheduler,
                 dask_workers=args.dask_workers, torch_threads=args.torch_threads,
-                errors=args.errors)
+                errors=args.errors, group_seeds=not args.no_group_seeds)
 
 
 # -- commands ---------------------------------------------------------------------------------

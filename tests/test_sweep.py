@@ -15,7 +15,7 @@ import pytest
 from milr.store import CorruptRecordWarning, Store
 from milr.sweep import (EtaStarTask, SweepError, SweepFailureWarning, eta_star_tasks,
                         execute_task, load_results, run_eta_star_sweep, run_sweep,
-                        sweep_status)
+                        sweep_status, task_units)
 from milr.validate import build_tasks, load_sweep_file, spec_from_preset
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -319,3 +319,88 @@ def test_existing_scheduler_by_address(tmp_path):
             assert not (remote.root / "eta_star" / "failed").exists()
     assert comparable(remote, tasks) == comparable(ref, tasks)
     assert remote.get(tasks[0].kind, tasks[0].record_config())["meta"]["backend"] == "dask"
+
+
+# -- units: the seeds of a configuration computed together (batched search) -----------------
+
+def tiny_batched_tasks(seeds=(0, 1), dtype="float64"):
+    return eta_star_tasks(["gaussian"], [1, 2], [16], list(seeds),
+                          trial={"step_budget": 60, "eval_every": 20, "n_val": 200,
+                                 "threshold": 0.85, "input_lr_scale": 0.1, "dtype": dtype},
+                          search={"eta_lo": 1e-2, "eta_hi": 30.0, "tol": 0.5,
+                                  "scan_factor": 8.0, "method": "batched", "k": 2})
+
+
+def test_task_units_group_the_seeds_of_batched_configurations():
+    batched = tiny_batched_tasks(seeds=(0, 1, 2))  # d=1 seeds 0-2, then d=2 seeds 0-2
+    units = task_units(batched)
+    assert [[(t.trial.depth, t.seed) for t in u] for u in units] == [
+        [(1, 0), (1, 1), (1, 2)], [(2, 0), (2, 1), (2, 2)]]
+    assert [len(u) for u in task_units(batched, group_seeds=False)] == [1] * 6
+    bisect = tiny_eta_tasks(seeds=(0, 1))  # Algorithm 1: one trial at a time, never grouped
+    assert bisect[0].search.method == "bisect"
+    assert [len(u) for u in task_units(bisect)] == [1] * 4
+    # tasks without group_key (FakeTask) are units of their own; order is kept
+    mixed = [FakeTask(1), batched[0], FakeTask(2), batched[1]]
+    assert task_units(mixed) == [[mixed[0]], [batched[0], batched[1]], [mixed[2]]]
+
+
+def test_grouped_sweep_records_equal_one_batched_call_per_configuration(tmp_path):
+    """A unit's records are exactly what eta_star_batched gives for all its seeds in one
+    batch; in float64 they also equal one call per seed (no rounding-level difference is
+    amplified in these tiny nets), and the metadata says how the unit ran."""
+    from milr.batched import eta_star_batched
+
+    tasks = tiny_batched_tasks()
+    grouped, single = Store(tmp_path / "grouped"), Store(tmp_path / "single")
+    run_sweep(tasks, grouped, progress=False)
+    run_sweep(tasks, single, progress=False, group_seeds=False)
+    for d in (1, 2):
+        mine = [t for t in tasks if t.trial.depth == d]
+        direct = eta_star_batched(mine[0].trial, mine[0].search, seeds=[0, 1])
+        for t, r in zip(mine, direct):
+            rec = grouped.get(t.kind, t.record_config())
+            assert rec["result"]["eta_star"] == r.eta_star
+            assert rec["result"]["trials"][0]["eta"] == r.trials[0]["eta"]
+            assert rec["result"]["n_trials"] == r.n_trials >= 3
+            assert rec["meta"]["group_size"] == 2
+            assert rec["meta"]["wall_time"] == pytest.approx(rec["meta"]["group_wall_time"] / 2)
+            alone = single.get(t.kind, t.record_config())
+            assert "group_size" not in alone["meta"]
+            assert alone["result"]["eta_star"] == r.eta_star
+            assert alone["result"]["bracket_hi"] == r.bracket_hi
+
+
+@dataclass(frozen=True)
+class FakeGroupTask(FakeTask):
+    """FakeTask whose tasks of equal ``n % 10`` form a unit; a unit containing a ``fail``
+    task raises as a whole."""
+
+    def group_key(self):
+        return ("fakegroup", self.n % 10)
+
+    @staticmethod
+    def compute_group(tasks, device="cpu"):
+        if any(t.fail for t in tasks):
+            raise RuntimeError("unit failed on purpose")
+        return [{"square": float(t.n ** 2), "unit": [u.n for u in tasks]} for t in tasks]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_failing_unit_fails_each_of_its_tasks_and_keeps_the_others(tmp_store, workers):
+    tasks = [FakeGroupTask(1), FakeGroupTask(11), FakeGroupTask(2), FakeGroupTask(12, fail=True),
+             FakeGroupTask(3)]
+    with pytest.warns(SweepFailureWarning, match="2 of 5 tasks failed"):
+        df = run_sweep(tasks, tmp_store, progress=False, workers=workers)
+    assert sorted(df["n"]) == [1, 3, 11]
+    rec = tmp_store.get("fake", {"n": 11})
+    assert rec["result"] == {"square": 121.0, "unit": [1, 11]}
+    assert rec["meta"]["group_size"] == 2
+    for n in (2, 12):
+        assert tmp_store.state("fake", {"n": n}) == "failed"
+        note = tmp_store.get_failure("fake", {"n": n})
+        assert "unit failed on purpose" in note["failure"]["error"]
+    # the rerun retries only the failed unit (now fixed) and keeps the rest
+    df = run_sweep([FakeGroupTask(n) for n in (1, 11, 2, 12, 3)], tmp_store, progress=False)
+    assert sorted(df["n"]) == [1, 2, 3, 11, 12]
+    assert tmp_store.get("fake", {"n": 12})["result"]["unit"] == [2, 12]
