@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from .data import CHANCE_ACCURACY, DATASETS, DEFAULT_THRESHOLDS
 
 __all__ = ["TrialConfig", "SearchConfig", "config_key", "check_int", "check_float",
-           "check_dataset", "grid_axes"]
+           "check_dataset"]
 
 DTYPES = ("float32", "float64")
 
@@ -40,19 +40,6 @@ def check_dataset(name) -> str:
     if name not in DATASETS:
         raise ValueError(f"dataset={name!r} is not known; allowed: {', '.join(DATASETS)}")
     return name
-
-
-def grid_axes(datasets, depths, widths, seeds) -> tuple[list, list, list, list[int]]:
-    """The four axes of a grid as lists; seeds checked as integers >= 0, and ``ValueError``
-    (``"<axis> must not be empty"``) for an empty axis. Values of the other axes are checked
-    by the configuration that uses them."""
-    seeds = [check_int("seed", s, 0) for s in seeds]
-    datasets, depths, widths = list(datasets), list(depths), list(widths)
-    for name, vals in (("datasets", datasets), ("depths", depths), ("widths", widths),
-                       ("seeds", seeds)):
-        if not vals:
-            raise ValueError(f"{name} must not be empty")
-    return datasets, depths, widths, seeds
 
 
 def check_float(

@@ -52,7 +52,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import SearchConfig, check_float, check_int, check_dataset, grid_axes
+from .config import SearchConfig, check_float, check_int, check_dataset
+from .validate import check_grid
 from .data import CHANCE_ACCURACY, Dataset
 from .search import EtaStarResult, eta_star_single
 
@@ -550,7 +551,7 @@ def late_lr_tasks(
     """
     frac = check_float("warmup_fraction", warmup_fraction, 0.0, 1.0, lo_open=True)
     mwd = check_float("min_width_over_depth", min_width_over_depth, 0.0)
-    datasets, depths, widths, seeds = grid_axes(datasets, depths, widths, seeds)
+    datasets, depths, widths, seeds = check_grid(datasets, depths, widths, seeds)
     allowed = set(LateLRTask.__dataclass_fields__) - {
         "dataset", "depth", "width", "seed", "warmup_lr", "eta_star_ref", "warmup_fraction",
         "search"}

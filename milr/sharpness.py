@@ -42,7 +42,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import check_float, check_int, check_dataset, grid_axes
+from .config import check_float, check_int, check_dataset
+from .validate import check_grid
 from .data import Dataset, load_dataset
 from .models import MLP, layer_lr_scales, make_mlp
 
@@ -543,7 +544,7 @@ def sharpness_tasks(datasets: Iterable[str], depths: Iterable[int], widths: Iter
     fields of :class:`SharpnessTask` (n_subset, input_lr_scale, tol, solver, ...).
     Raises ``ValueError``/``TypeError`` naming the first bad parameter; nothing is computed.
     """
-    datasets, depths, widths, seeds = grid_axes(datasets, depths, widths, seeds)
+    datasets, depths, widths, seeds = check_grid(datasets, depths, widths, seeds)
     mwd = check_float("min_width_over_depth", min_width_over_depth, 0.0)
     allowed = {f for f in SharpnessTask.__dataclass_fields__} - {"dataset", "depth", "width",
                                                                   "seed"}

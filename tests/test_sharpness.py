@@ -383,13 +383,13 @@ def test_tasks_grid_rule_and_validation():
     ]:
         with pytest.raises((ValueError, TypeError), match=pattern):
             sharpness_tasks(["gaussian"], [1], [8], [0], **kwargs)
-    with pytest.raises(ValueError, match="dataset='imagenet'"):
+    with pytest.raises(ValueError, match="datasets\\[0\\]='imagenet' is not known"):
         sharpness_tasks(["imagenet"], [1], [8], [0])
-    with pytest.raises(ValueError, match="seed=-2"):
+    with pytest.raises(ValueError, match="seeds\\[0\\]=-2"):
         sharpness_tasks(["gaussian"], [1], [8], [-2])
-    with pytest.raises(ValueError, match="depth=0"):
+    with pytest.raises(ValueError, match="depths\\[0\\]=0"):
         sharpness_tasks(["gaussian"], [0], [8], [0])
-    with pytest.raises(ValueError, match="seeds must not be empty"):
+    with pytest.raises(ValueError, match="seeds=\\[\\] must list at least one"):
         sharpness_tasks(["gaussian"], [1], [8], [])
 
 
