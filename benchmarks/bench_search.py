@@ -282,25 +282,34 @@ def main(argv=None) -> int:
     print(f"bench_search: {len(grid)} configurations, seeds {seeds}, device {device}, "
           f"{args.dtype}, {torch.get_num_threads()} threads, k={args.k}; large mm "
           f"{big_rate / 1e9:.1f} GFLOP/s", flush=True)
+    out = Path(args.out) if args.out else (
+        HERE / "results" / f"bench_search_{device.type}_{args.grid}"
+        f"{'_per_seed' if args.per_seed else ''}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(rows, complete: bool):
+        """The JSON so far: rewritten after every configuration, so that a run stopped early
+        (a time limit on a lent GPU) still reports every configuration it finished."""
+        meta["load_avg_end"] = os.getloadavg()
+        meta["complete"] = complete
+        summary = summarise(rows, device, big_rate)
+        for r in rows:
+            r["frac_of_mm_large_batched"] = r["gflops_batched"] * 1e9 / big_rate
+            if "gflops_seq" in r:
+                r["frac_of_mm_large_seq"] = r["gflops_seq"] * 1e9 / big_rate
+        out.write_text(json.dumps({"meta": meta, "summary": summary, "configs": rows},
+                                  indent=1, default=float) + "\n")
+        return summary
+
     warm_up(grid, trial_kw, args.dtype, device)
     rows = []
     for ds, d, w in grid:
         data = load_dataset(ds)
         rows.append(run_config(ds, d, w, trial_kw, search_kw, seeds, args, device, data))
         print(fmt_row(rows[-1]), flush=True)
-    meta["load_avg_end"] = os.getloadavg()
-    summary = summarise(rows, device, big_rate)
-    for r in rows:
-        r["frac_of_mm_large_batched"] = r["gflops_batched"] * 1e9 / big_rate
-        if "gflops_seq" in r:
-            r["frac_of_mm_large_seq"] = r["gflops_seq"] * 1e9 / big_rate
+        write(rows, complete=False)
+    summary = write(rows, complete=True)
     print("summary:", json.dumps(summary, indent=1))
-    out = Path(args.out) if args.out else (
-        HERE / "results" / f"bench_search_{device.type}_{args.grid}"
-        f"{'_per_seed' if args.per_seed else ''}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "summary": summary, "configs": rows}, indent=1,
-                              default=float) + "\n")
     print(f"wrote {out}")
     return 0
 
