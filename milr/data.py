@@ -49,6 +49,9 @@ GAUSSIAN_SEPARATION = 3.3
 GAUSSIAN_TRAIN_PER_CLASS = 9000
 GAUSSIAN_VAL_PER_CLASS = 1000
 
+#: Input dimension n0 of each data set (images flattened).
+INPUT_DIMS = {"gaussian": GAUSSIAN_DIM, "fashion-mnist": 784, "mnist": 784, "cifar10": 3072}
+
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 _IDX_FILES = {

@@ -15,7 +15,7 @@ import pytest
 from milr.store import CorruptRecordWarning, Store
 from milr.sweep import (EtaStarTask, SweepError, SweepFailureWarning, eta_star_tasks,
                         execute_task, load_results, run_eta_star_sweep, run_sweep,
-                        sweep_status, task_units)
+                        sweep_status, task_units, largest_first, work_hint)
 from milr.validate import build_tasks, load_sweep_file, spec_from_preset
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -404,3 +404,19 @@ def test_failing_unit_fails_each_of_its_tasks_and_keeps_the_others(tmp_store, wo
     df = run_sweep([FakeGroupTask(n) for n in (1, 11, 2, 12, 3)], tmp_store, progress=False)
     assert sorted(df["n"]) == [1, 2, 3, 11, 12]
     assert tmp_store.get("fake", {"n": 12})["result"]["unit"] == [2, 12]
+
+
+def test_pool_starts_the_largest_units_first():
+    tasks = eta_star_tasks(["gaussian", "fashion-mnist"], [1, 4], [32, 256], [0, 1],
+                           search={"method": "batched"})
+    units = largest_first(task_units(tasks))
+    # weights of the network: n0 w + (d - 1) w^2, n0 = 784 (Fashion-MNIST) or 100 (Gaussian)
+    assert work_hint(units[0][0]) == 784 * 256 + 3 * 256 ** 2
+    hints = [work_hint(u[0]) for u in units]
+    assert hints == sorted(hints, reverse=True) and len(units) == 8
+    assert [(u[0].trial.dataset, u[0].trial.depth, u[0].trial.width) for u in units[:3]] == [
+        ("fashion-mnist", 4, 256), ("gaussian", 4, 256), ("fashion-mnist", 1, 256)]
+    assert work_hint(units[-1][0]) == 100 * 32
+    assert work_hint(FakeTask(3)) == 0.0  # no network: left where it is
+    fakes = [[FakeTask(1)], [FakeTask(2)]]
+    assert largest_first(fakes) == fakes
