@@ -14,7 +14,9 @@
 # copy /usr/share/datasets/fashion-mnist/*.gz into data/raw/fashion-mnist/ (git-ignored) and
 # carry that folder; without it the benchmarks fall back to the Gaussian task.
 #
-#   DEVICE=cpu BUDGET_S=60 bash benchmarks/gpu_check.sh     # dry run of the script on a CPU
+# Exit status: 0 if all three parts finished, 1 if one failed or was cut short by BUDGET_S.
+#
+#   DEVICE=cpu PY=.venv/bin/python BUDGET_S=60 bash benchmarks/gpu_check.sh   # dry run on a CPU
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 MILR_PROGRESS=off
@@ -23,6 +25,11 @@ OUT=${OUT:-build/gpu_check}
 DEVICE=${DEVICE:-cuda}
 BUDGET_S=${BUDGET_S:-480}   # seconds for all three parts together
 mkdir -p "$OUT"
+if ! $PY -c "import torch, milr" 2>/dev/null; then
+  echo "gpu_check: '$PY' cannot import torch and milr; set PY (e.g. PY=.venv/bin/python)" >&2
+  exit 2
+fi
+rc=0
 t0=$(date +%s)
 left() { echo $(( BUDGET_S - ($(date +%s) - t0) )); }
 
@@ -32,14 +39,15 @@ left() { echo $(( BUDGET_S - ($(date +%s) - t0) )); }
 
 echo "== 1. CUDA tests ($(left) s left)"
 timeout "$(( $(left) / 6 ))" $PY -m pytest -q -p no:cacheprovider tests/test_batched.py \
-  2>&1 | tee "$OUT/tests_batched.log" | tail -5
+  2>&1 | tee "$OUT/tests_batched.log" | tail -5 || rc=1
 
 echo "== 2. sequential vs batched, default grid ($(left) s left)"
 timeout "$(( $(left) / 2 ))" $PY benchmarks/bench_search.py --device "$DEVICE" \
-  --out "$OUT/bench_search_${DEVICE}_default.json" 2>&1 | tee "$OUT/bench_default.log"
+  --out "$OUT/bench_search_${DEVICE}_default.json" 2>&1 | tee "$OUT/bench_default.log" || rc=1
 
 echo "== 3. paper grid, batched only ($(left) s left)"
 timeout "$(( $(left) - 10 ))" $PY benchmarks/bench_search.py --device "$DEVICE" --grid paper \
   --no-sequential --out "$OUT/bench_search_${DEVICE}_paper.json" 2>&1 \
-  | tee "$OUT/bench_paper.log"
-echo "done in $(( $(date +%s) - t0 )) s; results in $OUT"
+  | tee "$OUT/bench_paper.log" || rc=1   # 124 = cut by the budget: the JSON keeps what finished
+echo "done in $(( $(date +%s) - t0 )) s (status $rc); results in $OUT"
+exit $rc

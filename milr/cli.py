@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import signal
 import sys
 import tempfile
@@ -213,6 +214,11 @@ def _run_kwargs(args) -> dict:
 
 # -- commands ---------------------------------------------------------------------------------
 
+def _json_scalar(v):
+    """Strict JSON: a non-finite float (NaN: e.g. no eta_min seen) becomes null."""
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
 def _one_config(args, tasks, store: Store, result_cols) -> int:
     import pandas as pd
 
@@ -220,20 +226,24 @@ def _one_config(args, tasks, store: Store, result_cols) -> int:
     df = run_sweep(tasks, store, recompute=args.recompute, device=args.device or "cpu",
                    progress=not args.quiet, **_run_kwargs(args))
     st = sweep_status(tasks, store)
+    temporary = getattr(args, "no_store", False)
     if args.json:
         for t in tasks:
             rec = store.get(t.kind, t.record_config())
             if rec is not None:
-                print(json.dumps({"config": rec["config"], "result": {
-                    k: v for k, v in rec["result"].items() if not isinstance(v, (list, dict))},
-                    "path": str(store.path(t.kind, t.record_config()))},
-                    default=str, allow_nan=True))
+                line = {"config": rec["config"], "result": {
+                    k: _json_scalar(v) for k, v in rec["result"].items()
+                    if not isinstance(v, (list, dict))}}
+                if not temporary:  # --no-store: the record is deleted on return
+                    line["path"] = str(store.path(t.kind, t.record_config()))
+                print(json.dumps(line, default=str, allow_nan=False))
     elif len(df):
         cols = [c for c in ["seed"] + result_cols if c in df.columns]
         with pd.option_context("display.width", 120, "display.max_columns", 20):
             print(df[cols].to_string(index=False))
     if not args.json:
-        print(f"{st.summary()} in {time.perf_counter() - t0:.1f} s; records in {store.root}")
+        where = "not stored (--no-store)" if temporary else f"records in {store.root}"
+        print(f"{st.summary()} in {time.perf_counter() - t0:.1f} s; {where}")
     return EXIT_OK if st.done == st.total else EXIT_FAILED
 
 

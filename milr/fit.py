@@ -40,11 +40,11 @@ class PowerLawFit:
         return np.exp(self.log_c) * np.asarray(x, dtype=float) ** (-self.alpha)
 
     def label(self, name: str = "\u03b1") -> str:
-        """Legend text such as ``α = 0.91 ± 0.05 (95 % CI), R² = 0.97``; ± is half the width of
-        the bootstrap interval."""
-        half = (self.alpha_hi - self.alpha_lo) / 2
-        pm = f" \u00b1 {half:.2f} ({self.ci:.0%} CI)" if math.isfinite(half) else ""
-        return f"{name} = {self.alpha:.2f}{pm}, R\u00b2 = {self.r2:.2f}"
+        """Legend text such as ``α = 0.54 [0.46, 0.61] (95 % CI), R² = 0.66``: the bootstrap
+        percentile interval as it is (it need not be symmetric about alpha)."""
+        ci = (f" [{self.alpha_lo:.2f}, {self.alpha_hi:.2f}] ({self.ci:.0%} CI)"
+              if math.isfinite(self.alpha_lo) and math.isfinite(self.alpha_hi) else "")
+        return f"{name} = {self.alpha:.2f}{ci}, R\u00b2 = {self.r2:.2f}"
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -127,6 +127,18 @@ def test_eta_star_command_caches_and_prints_json(tmp_path, capsys):
     assert len(recs) == 2 and {r["meta"]["backend"] for r in recs} == {"serial"}
 
 
+def test_json_is_strict_and_no_store_prints_no_dead_paths(capsys):
+    """NaN (e.g. no eta_min seen) is printed as null, and --no-store names no record path:
+    its temporary store is deleted when the command returns."""
+    assert main(ETA + ["--seeds", "0", "--no-store", "-q", "--json"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    rec = json.loads(line, parse_constant=lambda c: pytest.fail(f"non-standard JSON {c}"))
+    assert "path" not in rec and rec["result"]["eta_star"] > 0
+    assert "NaN" not in line and any(v is None for v in rec["result"].values())
+    assert main(ETA + ["--seeds", "0", "--no-store", "-q"]) == 0
+    assert "not stored (--no-store)" in capsys.readouterr().out
+
+
 def test_sharpness_command(tmp_path, capsys):
     pytest.importorskip("milr.sharpness")
     assert main(["sharpness", "--dataset", "gaussian", "--depth", "2", "--width", "16",

@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 import pytest
 
-from milr.fit import fit_power_law
+from milr.fit import PowerLawFit, fit_power_law
 
 
 def test_recovers_known_alpha_from_noisy_points():
@@ -52,3 +52,11 @@ def test_fit_input_errors():
         fit_power_law([1, 2], [1])
     with pytest.raises(ValueError, match="ci"):
         fit_power_law([1, 2], [1, 2], ci=1.5)
+
+
+def test_label_quotes_the_bootstrap_interval_as_it_is():
+    f = PowerLawFit(alpha=0.536, log_c=0.0, alpha_lo=0.459, alpha_hi=0.607, r2=0.659, n_used=68,
+                    n_dropped=4, ci=0.95)
+    assert f.label() == "\u03b1 = 0.54 [0.46, 0.61] (95% CI), R\u00b2 = 0.66"
+    g = PowerLawFit(0.5, 0.0, math.nan, math.nan, 1.0, 2, 0, 0.95)  # < 3 points: no interval
+    assert g.label("\u03b2") == "\u03b2 = 0.50, R\u00b2 = 1.00"
