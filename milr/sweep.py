@@ -18,7 +18,8 @@ Tasks that can be computed together are handed to a worker as one *unit*: an eta
 the batched search (``method="batched"``) joins the other seeds of its configuration
 (:meth:`EtaStarTask.group_key`), and the unit runs one :func:`milr.batched.eta_star_batched`
 call with all of them in one batch (``group_seeds=False``: one task per unit). Each task of a
-unit still gets its own record, written when the unit finishes.
+unit still gets its own record, written when the unit finishes. The pool and dask backends
+start the largest units first (:func:`largest_first`), so their workers finish together.
 
 Every backend computes a unit with the same function (:func:`execute_tasks`), with torch
 pinned to ``torch_threads`` threads (default 1; on CPU the last bits of a result depend on the
