@@ -420,3 +420,19 @@ def test_pool_starts_the_largest_units_first():
     assert work_hint(FakeTask(3)) == 0.0  # no network: left where it is
     fakes = [[FakeTask(1)], [FakeTask(2)]]
     assert largest_first(fakes) == fakes
+
+
+def test_units_run_the_same_on_every_backend(tmp_path):
+    """The seeds of a batched configuration, as one unit, give the same records serially, in
+    a 2-process pool and on a 2-worker dask LocalCluster."""
+    tasks = tiny_batched_tasks(dtype="float32")
+    stores = {b: Store(tmp_path / b) for b in ("serial", "pool", "dask")}
+    run_sweep(tasks, stores["serial"], progress=False)
+    run_sweep(tasks, stores["pool"], progress=False, workers=2)
+    run_sweep(tasks, stores["dask"], progress=False, dask_workers=2)
+    ref = comparable(stores["serial"], tasks)
+    assert len(ref) == 4
+    for b in ("pool", "dask"):
+        assert comparable(stores[b], tasks) == ref, b
+        metas = [stores[b].get(t.kind, t.record_config())["meta"] for t in tasks]
+        assert {m["backend"] for m in metas} == {b} and {m["group_size"] for m in metas} == {2}
