@@ -297,8 +297,10 @@ def main(argv=None) -> int:
             r["frac_of_mm_large_batched"] = r["gflops_batched"] * 1e9 / big_rate
             if "gflops_seq" in r:
                 r["frac_of_mm_large_seq"] = r["gflops_seq"] * 1e9 / big_rate
-        out.write_text(json.dumps({"meta": meta, "summary": summary, "configs": rows},
+        tmp = out.with_name(out.name + ".tmp")  # atomic: a kill mid-write keeps the last one
+        tmp.write_text(json.dumps({"meta": meta, "summary": summary, "configs": rows},
                                   indent=1, default=float) + "\n")
+        os.replace(tmp, out)
         return summary
 
     warm_up(grid, trial_kw, args.dtype, device)

@@ -32,21 +32,23 @@ fi
 rc=0
 t0=$(date +%s)
 left() { echo $(( BUDGET_S - ($(date +%s) - t0) )); }
+# a time limit of at least 1 s (timeout 0 would mean none)
+limit() { local t=$(( $1 )); (( t < 1 )) && t=1; echo $t; }
 
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || true
   $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda,
   'available', torch.cuda.is_available())"; } | tee "$OUT/machine.txt"
 
 echo "== 1. CUDA tests ($(left) s left)"
-timeout "$(( $(left) / 6 ))" $PY -m pytest -q -p no:cacheprovider tests/test_batched.py \
+timeout "$(limit "$(left) / 6")" $PY -m pytest -q -p no:cacheprovider tests/test_batched.py \
   2>&1 | tee "$OUT/tests_batched.log" | tail -5 || rc=1
 
 echo "== 2. sequential vs batched, default grid ($(left) s left)"
-timeout "$(( $(left) / 2 ))" $PY benchmarks/bench_search.py --device "$DEVICE" \
+timeout "$(limit "$(left) / 2")" $PY benchmarks/bench_search.py --device "$DEVICE" \
   --out "$OUT/bench_search_${DEVICE}_default.json" 2>&1 | tee "$OUT/bench_default.log" || rc=1
 
 echo "== 3. paper grid, batched only ($(left) s left)"
-timeout "$(( $(left) - 10 ))" $PY benchmarks/bench_search.py --device "$DEVICE" --grid paper \
+timeout "$(limit "$(left) - 10")" $PY benchmarks/bench_search.py --device "$DEVICE" --grid paper \
   --no-sequential --out "$OUT/bench_search_${DEVICE}_paper.json" 2>&1 \
   | tee "$OUT/bench_paper.log" || rc=1   # 124 = cut by the budget: the JSON keeps what finished
 echo "done in $(( $(date +%s) - t0 )) s (status $rc); results in $OUT"

@@ -15,7 +15,7 @@ It prints and saves (``benchmarks/results/time_make_data_<preset>.json``) the wa
 the summed CPU time of the workers of each variant, the ratios against ``bisect``, the machine
 load before and after, and how far the variants' eta* are apart: per configuration, the
 seed-mean of log eta* against the seeds' standard deviation, and per seed, the distance in
-final bracket steps. Not part of ``make bench`` (it takes ~30 min on 2 cores for ``quick``)::
+final bracket steps. Not part of ``make bench`` (it takes ~15 min on 2 idle cores for ``quick``)::
 
     python benchmarks/time_make_data.py                         # quick preset, all variants
     python benchmarks/time_make_data.py --variants bisect batched
@@ -96,6 +96,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="milr-time-"))
+    for v in args.variants:  # a store that already holds records would time nothing
+        if (root / v).exists() and any((root / v).iterdir()):
+            ap.error(f"--keep {root}: {root / v} is not empty; give a new directory")
     meta = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "preset": args.preset, "datasets": args.datasets, "workers": args.workers,
             "torch_threads_per_task": 1, "code_version": code_version(),

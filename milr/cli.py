@@ -266,7 +266,8 @@ def _check_network_args(args) -> None:
 
 
 def cmd_eta_star(args) -> int:
-    """eta* of one configuration, one search per seed."""
+    """eta* of one configuration: one record per seed (with the batched search the seeds run
+    in one batch)."""
     _check_network_args(args)
     tasks = eta_star_tasks([args.dataset], [args.depth], [args.width], args.seeds,
                            trial=_given(args, args._trial_fields),

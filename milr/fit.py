@@ -40,7 +40,7 @@ class PowerLawFit:
         return np.exp(self.log_c) * np.asarray(x, dtype=float) ** (-self.alpha)
 
     def label(self, name: str = "\u03b1") -> str:
-        """Legend text such as ``α = 0.54 [0.46, 0.61] (95 % CI), R² = 0.66``: the bootstrap
+        """Legend text such as ``α = 0.54 [0.46, 0.61] (95% CI), R² = 0.66``: the bootstrap
         percentile interval as it is (it need not be symmetric about alpha)."""
         ci = (f" [{self.alpha_lo:.2f}, {self.alpha_hi:.2f}] ({self.ci:.0%} CI)"
               if math.isfinite(self.alpha_lo) and math.isfinite(self.alpha_hi) else "")

@@ -31,6 +31,7 @@ import itertools
 import numbers
 import os
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,10 +67,12 @@ _SCHEDULER_RE = re.compile(r"^(tcp|tls|ucx|ws|wss|inproc)://\S+$")
 
 
 def _as_list(name: str, value) -> list:
-    if isinstance(value, (list, tuple)):
-        return list(value)
+    """A grid axis as a list: any iterable but a string or mapping (list, tuple, range, numpy
+    array, generator) gives its items; a single number or string is a list of one."""
     if isinstance(value, (str, numbers.Number)) and not isinstance(value, bool):
         return [value]
+    if isinstance(value, Iterable) and not isinstance(value, (bytes, Mapping)):
+        return list(value)
     raise TypeError(f"{name}={value!r} must be a list (or a single value)")
 
 

@@ -15,7 +15,7 @@ import pytest
 from milr.store import CorruptRecordWarning, Store
 from milr.sweep import (EtaStarTask, SweepError, SweepFailureWarning, eta_star_tasks,
                         execute_task, load_results, run_eta_star_sweep, run_sweep,
-                        sweep_status, task_units, largest_first, work_hint)
+                        sweep_status, task_units, largest_first, work_hint, pinned_threads)
 from milr.validate import build_tasks, load_sweep_file, spec_from_preset
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -357,7 +357,8 @@ def test_grouped_sweep_records_equal_one_batched_call_per_configuration(tmp_path
     run_sweep(tasks, single, progress=False, group_seeds=False)
     for d in (1, 2):
         mine = [t for t in tasks if t.trial.depth == d]
-        direct = eta_star_batched(mine[0].trial, mine[0].search, seeds=[0, 1])
+        with pinned_threads(1):  # as run_sweep runs it
+            direct = eta_star_batched(mine[0].trial, mine[0].search, seeds=[0, 1])
         for t, r in zip(mine, direct):
             rec = grouped.get(t.kind, t.record_config())
             assert rec["result"]["eta_star"] == r.eta_star
@@ -406,6 +407,14 @@ def test_failing_unit_fails_each_of_its_tasks_and_keeps_the_others(tmp_store, wo
     assert tmp_store.get("fake", {"n": 12})["result"]["unit"] == [2, 12]
 
 
+def test_errors_raise_records_every_seed_of_the_failing_unit(tmp_store):
+    tasks = [FakeGroupTask(1), FakeGroupTask(11, fail=True), FakeGroupTask(21)]
+    with pytest.raises(SweepError, match="unit failed on purpose") as info:
+        run_sweep(tasks, tmp_store, progress=False, errors="raise")
+    assert [tmp_store.state("fake", {"n": n}) for n in (1, 11, 21)] == ["failed"] * 3
+    assert len(info.value.failures) == 3
+
+
 def test_pool_starts_the_largest_units_first():
     tasks = eta_star_tasks(["gaussian", "fashion-mnist"], [1, 4], [32, 256], [0, 1],
                            search={"method": "batched"})
@@ -436,3 +445,15 @@ def test_units_run_the_same_on_every_backend(tmp_path):
         assert comparable(stores[b], tasks) == ref, b
         metas = [stores[b].get(t.kind, t.record_config())["meta"] for t in tasks]
         assert {m["backend"] for m in metas} == {b} and {m["group_size"] for m in metas} == {2}
+
+
+def test_run_sweep_hands_the_pool_its_units_largest_first(tmp_store, monkeypatch):
+    import milr.sweep as sweep
+
+    seen = []
+    monkeypatch.setattr(sweep, "_run_pool",
+                        lambda units, *a, **k: seen.extend([t.trial.width for t in u]
+                                                           for u in units))
+    tasks = eta_star_tasks(["gaussian"], [1], [16, 64, 32], [0, 1], search={"method": "batched"})
+    run_sweep(tasks, tmp_store, progress=False, workers=2)
+    assert seen == [[64, 64], [32, 32], [16, 16]]
