@@ -103,7 +103,9 @@ def step_shapes(cfg: TrialConfig, n0: int, n_classes: int):
 
 
 def bracket_steps(a: float, b: float, tol: float) -> float:
-    if not (a > 0 and b > 0):
+    """Distance of ``b`` from ``a`` in final bracket steps, ``log(b / a) / log(1 + tol)``;
+    NaN unless both are finite and positive."""
+    if not (0 < a < math.inf and 0 < b < math.inf):
         return math.nan
     return math.log(b / a) / math.log1p(tol)
 

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_search import bracket_steps  # this folder: the scripts run from here
 from milr.store import Store, code_version
 from milr.sweep import load_results, run_sweep
 from milr.validate import build_tasks, spec_from_preset
@@ -67,8 +68,8 @@ def compare(ref, other, tol: float) -> dict:
     a = ref.set_index(keys + ["seed"])["eta_star"]
     b = other.set_index(keys + ["seed"])["eta_star"]
     both = a.index.intersection(b.index)
-    steps = [abs(math.log(b[i] / a[i]) / math.log1p(tol)) for i in both
-             if a[i] > 0 and b[i] > 0 and math.isfinite(a[i] / b[i])]
+    steps = [abs(bracket_steps(a[i], b[i], tol)) for i in both
+             if math.isfinite(bracket_steps(a[i], b[i], tol))]
     within, n_cfg = 0, 0
     for cfg, ga in ref[np.isfinite(ref["eta_star"])].groupby(keys):
         gb = other[(other[keys] == list(cfg)).all(axis=1) & np.isfinite(other["eta_star"])]

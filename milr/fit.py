@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["PowerLawFit", "fit_power_law"]
+__all__ = ["PowerLawFit", "fit_power_law", "interval_text"]
 
 
 @dataclass
@@ -42,12 +42,19 @@ class PowerLawFit:
     def label(self, name: str = "\u03b1") -> str:
         """Legend text such as ``α = 0.54 [0.46, 0.61] (95% CI), R² = 0.66``: the bootstrap
         percentile interval as it is (it need not be symmetric about alpha)."""
-        ci = (f" [{self.alpha_lo:.2f}, {self.alpha_hi:.2f}] ({self.ci:.0%} CI)"
-              if math.isfinite(self.alpha_lo) and math.isfinite(self.alpha_hi) else "")
+        ci = interval_text(self.alpha_lo, self.alpha_hi)
+        ci = f"{ci} ({self.ci:.0%} CI)" if ci else ""
         return f"{name} = {self.alpha:.2f}{ci}, R\u00b2 = {self.r2:.2f}"
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def interval_text(lo, hi) -> str:
+    """`` [lo, hi]`` to two decimals (leading space), or ``""`` when a bound is missing or
+    not finite: how figures and the scorecard quote a bootstrap interval."""
+    ok = all(v is not None and math.isfinite(float(v)) for v in (lo, hi))
+    return f" [{float(lo):.2f}, {float(hi):.2f}]" if ok else ""
 
 
 def _ols(lx: np.ndarray, ly: np.ndarray) -> tuple[float, float]:

@@ -56,6 +56,7 @@ from .config import SearchConfig, check_float, check_int, check_dataset
 from .validate import check_grid
 from .data import CHANCE_ACCURACY, Dataset
 from .search import EtaStarResult, eta_star_single
+from .train import accuracy, params_finite
 
 __all__ = ["LateTrialResult", "late_trial", "late_max_lr", "warm_up", "WarmUpResult",
            "LateLRTask", "late_lr_tasks", "round_sig", "KIND", "REASONS"]
@@ -73,15 +74,6 @@ def round_sig(x: float, digits: int = 3) -> float:
     x = check_float("x", x, 0.0, lo_open=True)
     digits = check_int("digits", digits, 1, 15)
     return float(f"{x:.{digits - 1}e}")
-
-
-@torch.no_grad()
-def _accuracy(model, x: torch.Tensor, y: torch.Tensor) -> float:
-    return (model(x).argmax(dim=1) == y).double().mean().item()
-
-
-def _params_finite(model) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
 def _sgd(model, eta: float, lr_scales: Sequence[float]) -> torch.optim.SGD:
@@ -140,7 +132,7 @@ def late_trial(
     blowup_factor: float = 100.0,
     score_start: float | None = None,
     loss_fn: Callable = F.cross_entropy,
-    score_fn: Callable = _accuracy,
+    score_fn: Callable = accuracy,
     eval_every: int | None = None,
     window: int = 1,
 ) -> LateTrialResult:
@@ -206,7 +198,7 @@ def late_trial(
         loss.backward()
         opt.step()
         if step in evals:
-            if not _params_finite(net):
+            if not params_finite(net):
                 reason, steps = "diverged_nonfinite", step
                 break
             scores.append(float(score_fn(net, x_val, y_val)))
@@ -244,7 +236,7 @@ def late_max_lr(
     delta: float = 0.02,
     blowup_factor: float = 100.0,
     loss_fn: Callable = F.cross_entropy,
-    score_fn: Callable = _accuracy,
+    score_fn: Callable = accuracy,
     seed: int = 0,
     score_start: float | None = None,
     eval_every: int | None = None,
@@ -333,11 +325,11 @@ def warm_up(model, lr: float, x_train, y_train, order, x_val, y_val, *,
         loss.backward()
         opt.step()
         if step in evals and step < order.shape[0]:
-            if not _params_finite(model):
+            if not params_finite(model):
                 diverged, steps = True, step
                 break
-            accs.append(_accuracy(model, x_val, y_val))
-    diverged = diverged or not _params_finite(model)
+            accs.append(accuracy(model, x_val, y_val))
+    diverged = diverged or not params_finite(model)
     acc = vloss = acc_w = math.nan
     if not diverged:
         with torch.no_grad():

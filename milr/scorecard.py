@@ -62,7 +62,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from .fit import PowerLawFit, fit_power_law
+from .fit import PowerLawFit, fit_power_law, interval_text
 
 __all__ = ["SUPPORTED", "PARTLY", "NOT_SUPPORTED", "NO_DATA", "VERDICTS", "R2_STRONG",
            "R2_WEAK", "CLAIMS", "ClaimRow", "verdict_power_law", "verdict_width_depth",
@@ -121,8 +121,8 @@ def fmt_fit(f, name: str = "α") -> str:
     anything with alpha, alpha_lo, alpha_hi, r2, n_used)."""
     if f is None or not _finite(f.alpha):
         return f"{name}: no fit"
-    ci = (f" [{f.alpha_lo:.2f}, {f.alpha_hi:.2f}]" if _finite(f.alpha_lo, f.alpha_hi) else "")
-    return f"{name} = {f.alpha:.2f}{ci}, R² = {f.r2:.2f}, n = {int(f.n_used)}"
+    return (f"{name} = {f.alpha:.2f}{interval_text(f.alpha_lo, f.alpha_hi)}, "
+            f"R² = {f.r2:.2f}, n = {int(f.n_used)}")
 
 
 def intervals_overlap(a: tuple, b: tuple) -> bool:

@@ -245,25 +245,43 @@ def execute_task(task, device: str = "cpu", torch_threads: int | None = 1,
     versions, hardware, torch threads) plus ``wall_time`` in seconds. ``KeyboardInterrupt``
     and ``SystemExit`` propagate.
     """
+    def compute() -> dict:
+        if on_trial is not None and "on_trial" in inspect.signature(task.compute).parameters:
+            result = task.compute(device, on_trial=on_trial)
+        else:
+            result = task.compute(device)
+        if not isinstance(result, dict):
+            raise TypeError(f"{type(task).__name__}.compute returned "
+                            f"{type(result).__name__}, expected a dict")
+        return result
+
+    result, failure, meta, _ = _guarded(compute, device, torch_threads)
+    payload = failure or {"ok": True, "result": result}
+    payload["meta"] = meta
+    return payload
+
+
+def _failure(exc: BaseException) -> dict:
+    """The failure payload of an exception (call it in the ``except`` block that handles it:
+    it records the traceback being handled)."""
+    return {"ok": False, "error": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc()}
+
+
+def _guarded(compute: Callable, device: str, torch_threads: int | None):
+    """``compute()`` with torch pinned to ``torch_threads``; returns ``(result, failure,
+    meta, wall)``: ``failure`` is None or :func:`_failure` of what it raised, ``meta`` is
+    :func:`milr.store.run_metadata` plus ``wall_time`` (``wall``, seconds)."""
     t0 = time.perf_counter()
     with pinned_threads(torch_threads):
         try:
-            if on_trial is not None and "on_trial" in inspect.signature(
-                    task.compute).parameters:
-                result = task.compute(device, on_trial=on_trial)
-            else:
-                result = task.compute(device)
-            if not isinstance(result, dict):
-                raise TypeError(f"{type(task).__name__}.compute returned "
-                                f"{type(result).__name__}, expected a dict")
-            payload = {"ok": True, "result": result}
+            result, failure = compute(), None
         except Exception as exc:  # noqa: BLE001 - recorded, reported, retried next run
-            payload = {"ok": False, "error": f"{type(exc).__name__}: {exc}",
-                       "traceback": traceback.format_exc()}
+            result, failure = None, _failure(exc)
         meta = run_metadata(device)
-    meta["wall_time"] = time.perf_counter() - t0
-    payload["meta"] = meta
-    return payload
+    wall = time.perf_counter() - t0
+    meta["wall_time"] = wall
+    return result, failure, meta, wall
 
 
 def task_units(tasks: list, group_seeds: bool = True) -> list[list]:
@@ -318,20 +336,16 @@ def execute_tasks(tasks: list, device: str = "cpu", torch_threads: int | None = 
     """
     if len(tasks) == 1:
         return [execute_task(tasks[0], device, torch_threads, on_trial)]
-    t0 = time.perf_counter()
-    with pinned_threads(torch_threads):
-        try:
-            results = type(tasks[0]).compute_group(tasks, device)
-            if len(results) != len(tasks) or not all(isinstance(r, dict) for r in results):
-                raise TypeError(f"{type(tasks[0]).__name__}.compute_group must return one "
-                                f"dict per task ({len(tasks)})")
-            payloads = [{"ok": True, "result": r} for r in results]
-        except Exception as exc:  # noqa: BLE001 - recorded, reported, retried next run
-            fail = {"ok": False, "error": f"{type(exc).__name__}: {exc}",
-                    "traceback": traceback.format_exc()}
-            payloads = [dict(fail) for _ in tasks]
-        meta = run_metadata(device)
-    wall = time.perf_counter() - t0
+    def compute() -> list[dict]:
+        results = type(tasks[0]).compute_group(tasks, device)
+        if len(results) != len(tasks) or not all(isinstance(r, dict) for r in results):
+            raise TypeError(f"{type(tasks[0]).__name__}.compute_group must return one "
+                            f"dict per task ({len(tasks)})")
+        return results
+
+    results, failure, meta, wall = _guarded(compute, device, torch_threads)
+    payloads = ([dict(failure) for _ in tasks] if failure
+                else [{"ok": True, "result": r} for r in results])
     meta.update(wall_time=wall / len(tasks), group_size=len(tasks), group_wall_time=wall)
     for p in payloads:
         p["meta"] = dict(meta)
@@ -507,9 +521,7 @@ def _pool_worker_init(torch_threads, log_files=()):
 def _failed_unit(unit, exc: BaseException, device) -> list[dict]:
     """Failure payloads for a unit whose worker raised (e.g. was killed by the OS); call it
     in the ``except`` block (it records the traceback being handled)."""
-    tb = traceback.format_exc()
-    return [{"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": tb,
-             "meta": {"device": device}} for _ in unit]
+    return [{**_failure(exc), "meta": {"device": device}} for _ in unit]
 
 
 def _run_pool(units, rec: _Recorder, device, torch_threads, workers):

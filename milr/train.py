@@ -81,12 +81,14 @@ def val_subset(data: Dataset, n_val: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
+@torch.no_grad()
 def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """Fraction of rows of ``x`` (n, n0) whose arg-max logit equals ``y`` (n,)."""
     return (model(x).argmax(dim=1) == y).double().mean().item()
 
 
-def _params_finite(model: torch.nn.Module) -> bool:
+def params_finite(model: torch.nn.Module) -> bool:
+    """Every parameter of ``model`` is finite (no NaN, no +/-inf)."""
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
@@ -152,7 +154,7 @@ def run_trial(
         loss.backward()
         opt.step()
         if step % cfg.eval_every == 0 or step == cfg.step_budget:
-            if not _params_finite(model):
+            if not params_finite(model):
                 reason, steps = "diverged_nonfinite", step
                 break
             final = accuracy(model, xv, yv)
