@@ -26,8 +26,14 @@ import sys
 import tempfile
 import time
 
-from .store import Store
-from .sweep import eta_star_tasks, run_eta_star_sweep, run_sweep, sweep_status, task_label
+from .conditions import run_condition_sweeps
+from .config import SearchConfig, TrialConfig, check_int
+from .data import DATASETS, DataNotFoundError
+from .sharpness import sharpness_tasks
+from .store import Store, StoreCollisionError
+from .sweep import (SweepError, eta_star_tasks, run_eta_star_sweep, run_sweep, sweep_status,
+                    task_label)
+from .validate import build_tasks, load_sweep_file, spec_from_preset
 
 log = logging.getLogger("milr")
 
@@ -38,7 +44,6 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 class _TqdmHandler(logging.StreamHandler):
     """Writes log lines through ``tqdm.write`` so they do not break the progress bars."""
-
     def emit(self, record):
         try:
             from tqdm.auto import tqdm
@@ -257,8 +262,6 @@ def _store_for(args, default: str | None = None):
 
 def _check_network_args(args) -> None:
     """One configuration: depth, width and seeds named as the user typed them."""
-    from .config import check_int
-
     check_int("depth", args.depth)
     check_int("width", args.width)
     for s in args.seeds:
@@ -283,8 +286,6 @@ def cmd_eta_star(args) -> int:
 
 def cmd_sharpness(args) -> int:
     """lambda_1 at initialisation of one configuration, one network per seed."""
-    from .sharpness import sharpness_tasks
-
     _check_network_args(args)
     tasks = sharpness_tasks([args.dataset], [args.depth], [args.width], args.seeds,
                             min_width_over_depth=0, **_given(args, args._sharp_fields))
@@ -298,8 +299,6 @@ def cmd_sharpness(args) -> int:
 
 def cmd_sweep(args) -> int:
     """Every task of a sweep file that is not in the store yet."""
-    from .validate import build_tasks, load_sweep_file
-
     spec = load_sweep_file(args.config)
     tasks = build_tasks(spec)
     store = Store(args.store or spec.store)
@@ -320,8 +319,6 @@ def cmd_sweep(args) -> int:
 
 def cmd_status(args) -> int:
     """Done / pending / failed / corrupt counts of a sweep file's tasks in a store."""
-    from .validate import build_tasks, load_sweep_file
-
     spec = load_sweep_file(args.config)
     tasks = build_tasks(spec)
     store = Store(args.store or spec.store)
@@ -355,8 +352,6 @@ def cmd_status(args) -> int:
 
 def cmd_data(args) -> int:
     """The cached results of a preset (what ``make data`` runs): the same sweep machinery."""
-    from .validate import build_tasks, spec_from_preset
-
     overrides = {"datasets": args.datasets} if args.datasets else {}
     tasks = build_tasks(spec_from_preset(args.preset, **overrides))
     t0 = time.perf_counter()
@@ -373,7 +368,6 @@ def cmd_data(args) -> int:
     print(f"lambda_1: {len(df)} of {len(sharp)} records in {time.perf_counter() - t0:.1f} s")
     ok = ok and len(df) == len(sharp)
     # the condition and claim figures (milr.conditions; the preset's "data_figures")
-    from .conditions import run_condition_sweeps
 
     for fig, (n_done, n_all, secs) in run_condition_sweeps(
             args.preset, Store(args.store), recompute=args.recompute,
@@ -388,9 +382,6 @@ def cmd_data(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``milr`` argument parser (subcommands eta-star, sharpness, sweep, status, data)."""
-    from .config import SearchConfig, TrialConfig
-    from .data import DATASETS
-
     fmt = argparse.RawDescriptionHelpFormatter
     ap = argparse.ArgumentParser(prog="milr", description=__doc__, formatter_class=fmt)
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
@@ -423,13 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = one_config_parser("sharpness", "lambda_1 (top Hessian eigenvalue of the training "
                           "loss) at initialisation of one configuration",
                           "milr sharpness --dataset gaussian --depth 2 --width 64 --seeds 0 1")
-    try:
-        from .sharpness import SharpnessTask
-
-        fields = _add_dataclass_options(p, SharpnessTask, ("dataset", "depth", "width", "seed"),
-                                        "sharpness options")
-    except ImportError:  # pragma: no cover - milr.sharpness is part of the package
-        fields = []
+    fields = _add_dataclass_options(p, SharpnessTask, ("dataset", "depth", "width", "seed"),
+                                    "sharpness options")
     p.set_defaults(func=cmd_sharpness, _sharp_fields=fields)
     _add_run_options(p, default_workers="1")
 
@@ -475,10 +461,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 some tasks failed or missing,
     2 bad input, 130 interrupted)."""
-    from .data import DataNotFoundError
-    from .store import StoreCollisionError
-    from .sweep import SweepError
-
     ap = build_parser()
     args = ap.parse_args(argv)
     try:

@@ -31,7 +31,13 @@ import numpy as np
 import pandas as pd
 
 from .config import check_float, check_int
+from .data import DEFAULT_THRESHOLDS
 from .fit import PowerLawFit, fit_power_law
+from .late import late_lr_tasks
+from .presets import get_preset
+from .store import Store
+from .sweep import eta_star_tasks, load_results, run_sweep, unique_tasks
+from .theory import ntk_diagonal
 
 __all__ = ["FIGURES", "figure_settings", "figure_tasks", "fit_table", "reference_fit",
            "add_residuals", "config_table", "law_breakdown", "breakdown_by_seed", "Breakdown",
@@ -64,8 +70,6 @@ def figure_settings(preset: dict, figure: str) -> dict:
 
 
 def _eta_tasks(datasets, depths, widths, seeds, trial, search, min_width_over_depth=1.0):
-    from .sweep import eta_star_tasks
-
     return eta_star_tasks(datasets, depths, widths, seeds, trial, search,
                           min_width_over_depth=min_width_over_depth)
 
@@ -97,8 +101,6 @@ def figure_tasks(preset: dict, figure: str, datasets: Sequence[str] | None = Non
             out[f"s={scale:g}"] = _eta_tasks(ds, s["depths"], s["widths"], s["seeds"],
                                              {**trial, "input_lr_scale": scale}, search)
     elif figure == "threshold_budget":
-        from .data import DEFAULT_THRESHOLDS
-
         for d in ds:  # a data set without its own list: its default threshold only
             for t in s["thresholds"].get(d, [DEFAULT_THRESHOLDS[d]]):
                 out.setdefault(f"t={t:g}", []).extend(_eta_tasks(
@@ -130,8 +132,6 @@ def late_tasks(preset: dict, reference: pd.DataFrame,
     with warm-up rates ``warmup_fraction x`` the median eta* of ``reference`` (the results of
     ``figure_tasks(preset, "late_lr")["reference"]``). Configurations without an eta* are
     left out."""
-    from .late import late_lr_tasks
-
     s = figure_settings(preset, "late_lr")
     ds = list(datasets) if datasets is not None else list(s["datasets"])
     t = s["trial"]
@@ -235,7 +235,6 @@ class Breakdown:
     first_failure: the smallest d/w with any failing configuration (NaN if none).
     per_ratio: ``[(d_over_w, n_configs, n_failing), ...]`` ascending.
     """
-
     ratio: float
     last_ok: float
     first_failure: float
@@ -298,8 +297,6 @@ def input_term_share(sq_norm, n0: int, depth: int, width: int,
     ``Theta_s`` the closed form of :func:`milr.theory.ntk_diagonal` at input-layer multiplier
     s (0 freezes the input layer). ``sq_norm``: array of ``||x||^2`` of the data. Returns a
     number in [0, 1). Source: our derivation (milr.theory)."""
-    from .theory import ntk_diagonal
-
     q = np.asarray(sq_norm, dtype=float)
     full = ntk_diagonal(q, n0, depth, width, input_lr_scale=input_lr_scale).mean()
     frozen = ntk_diagonal(q, n0, depth, width, input_lr_scale=0.0).mean()
@@ -314,8 +311,6 @@ def ntk_alpha(sq_norm, n0: int, depths: Sequence[int], widths: Sequence[int],
     frozen or slow, Theta ~ d w and alpha -> 1; a large input term (constant in d w) flattens
     it. Source: our derivation; it predicts the *direction* of the change with the input
     layer's rate, not eta* itself."""
-    from .theory import ntk_diagonal
-
     q = np.asarray(sq_norm, dtype=float)
     xs, ys = [], []
     for d in depths:
@@ -340,9 +335,6 @@ def run_condition_sweeps(preset_name: str, store=None, recompute: bool = False,
     late grid). Records already in ``store`` are not recomputed; ``datasets`` restricts the
     data sets. Returns ``{figure: (n_records, n_tasks, seconds)}``."""
     import time
-
-    from .presets import get_preset
-    from .sweep import load_results, run_sweep
 
     P = get_preset(preset_name)
     figures = P.get("data_figures", []) if figures is None else list(figures)
@@ -370,8 +362,6 @@ def run_condition_sweeps(preset_name: str, store=None, recompute: bool = False,
 
 
 def _n_missing(tasks, df) -> int:
-    from .sweep import unique_tasks
-
     return len(unique_tasks(tasks)) - len(df)
 
 
@@ -454,9 +444,6 @@ def search_best_accuracy(tasks: Sequence, store=None) -> pd.DataFrame:
     the trial logs in the records), one row per finished task with ``dataset``, ``depth``,
     ``width``, ``seed``, ``best_acc``. Shows how far a search that never reached the
     threshold got."""
-    from .store import Store
-    from .sweep import unique_tasks
-
     store = Store() if store is None else store
     rows = []
     for t in unique_tasks(tasks):  # a task listed twice is one record, one row

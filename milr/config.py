@@ -11,14 +11,24 @@ import hashlib
 import json
 import math
 import numbers
-from dataclasses import asdict, dataclass, field, fields
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, fields
 
-from .data import CHANCE_ACCURACY, DATASETS, DEFAULT_THRESHOLDS
+import torch
+
+from .data import (CHANCE_ACCURACY, DATASETS, DEFAULT_THRESHOLDS, available_datasets,
+                   load_dataset)
 
 __all__ = ["TrialConfig", "SearchConfig", "config_key", "check_int", "check_float",
-           "check_dataset"]
+           "check_dataset", "check_int_list", "check_datasets", "check_seeds", "check_grid",
+           "check_device", "check_device_available", "check_workers", "check_scheduler",
+           "check_datasets_available", "usable_cores"]
 
 DTYPES = ("float32", "float64")
+_DEVICE_RE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+_SCHEDULER_RE = re.compile(r"^(tcp|tls|ucx|ws|wss|inproc)://\S+$")
 
 
 def check_int(name: str, value, lo: int = 1, hi: int | None = None) -> int:
@@ -60,6 +70,125 @@ def check_float(
         raise ValueError(f"{name}={value!r} must be a finite number in {lb}{lo}, {hi}{rb}")
     return value
 
+
+# -- grids and run options ------------------------------------------------------------------
+
+def _as_list(name: str, value) -> list:
+    """A grid axis as a list: any iterable but a string or mapping (list, tuple, range, numpy
+    array, generator) gives its items; a single number or string is a list of one."""
+    if isinstance(value, (str, numbers.Number)) and not isinstance(value, bool):
+        return [value]
+    if isinstance(value, Iterable) and not isinstance(value, (bytes, Mapping)):
+        return list(value)
+    raise TypeError(f"{name}={value!r} must be a list (or a single value)")
+
+
+def check_int_list(name: str, values, lo: int = 1) -> list[int]:
+    """A non-empty list of distinct integers ``>= lo`` (a single integer is a list of one).
+
+    ``name`` is the plural parameter name used in messages (``"depths"``, ``"widths"``).
+    Raises ``ValueError``/``TypeError`` naming ``name[i]`` and the allowed range.
+    """
+    vals = _as_list(name, values)
+    if not vals:
+        raise ValueError(f"{name}=[] must list at least one integer >= {lo}")
+    out = [check_int(f"{name}[{i}]", v, lo) for i, v in enumerate(vals)]
+    dup = sorted({v for v in out if out.count(v) > 1})
+    if dup:
+        raise ValueError(f"{name}={out} repeats {dup}; give each value once")
+    return out
+
+
+def check_seeds(seeds) -> list[int]:
+    """A non-empty list of distinct integer seeds ``>= 0``."""
+    return check_int_list("seeds", seeds, lo=0)
+
+
+def check_datasets(datasets) -> list[str]:
+    """A non-empty list of distinct known data set names (see :data:`milr.data.DATASETS`)."""
+    vals = _as_list("datasets", datasets)
+    if not vals:
+        raise ValueError(f"datasets=[] must list at least one of: {', '.join(DATASETS)}")
+    for i, v in enumerate(vals):
+        if v not in DATASETS:
+            raise ValueError(f"datasets[{i}]={v!r} is not known; allowed: {', '.join(DATASETS)}")
+    dup = sorted({v for v in vals if vals.count(v) > 1})
+    if dup:
+        raise ValueError(f"datasets={vals} repeats {dup}; give each data set once")
+    return list(vals)
+
+
+def check_grid(datasets, depths, widths, seeds) -> tuple[list, list, list, list]:
+    """Validate the four axes of a grid; returns them as lists (for notebooks' parameters)."""
+    return (check_datasets(datasets), check_int_list("depths", depths),
+            check_int_list("widths", widths), check_seeds(seeds))
+
+
+def check_device(device) -> str:
+    """``"cpu"``, ``"mps"``, ``"cuda"`` or ``"cuda:N"``; raises ``ValueError`` otherwise.
+
+    Only the spelling is checked here (a device that exists on a remote worker may not exist
+    on the machine that submits the sweep); :func:`check_device_available` checks presence.
+    """
+    if not isinstance(device, str) or not _DEVICE_RE.match(device):
+        raise ValueError(f"device={device!r} must be 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    return device
+
+
+def check_device_available(device: str) -> str:
+    """:func:`check_device`, then ``RuntimeError`` if this machine lacks that device."""
+    check_device(device)
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device={device!r} but torch sees no CUDA device here "
+                               f"(torch {torch.__version__}); use device='cpu'")
+        idx = int(device.split(":")[1]) if ":" in device else 0
+        if idx >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r}: only {torch.cuda.device_count()} CUDA "
+                             "device(s) here, allowed cuda:0 .. "
+                             f"cuda:{torch.cuda.device_count() - 1}")
+    if device == "mps" and not (hasattr(torch.backends, "mps")
+                                and torch.backends.mps.is_available()):
+        raise RuntimeError("device='mps' but torch sees no MPS device here; use 'cpu'")
+    return device
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (``sched_getaffinity``, else ``os.cpu_count()``)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def check_workers(workers) -> int:
+    """Local worker processes: an integer >= 1, or ``"auto"`` (= :func:`usable_cores`)."""
+    if workers == "auto":
+        return usable_cores()
+    if isinstance(workers, str) and workers.strip().isdigit():
+        workers = int(workers)
+    return check_int("workers (an integer >= 1 or 'auto')", workers, 1)
+
+
+def check_scheduler(address) -> str:
+    """A dask scheduler address such as ``tcp://10.0.0.5:8786``."""
+    if not isinstance(address, str) or not _SCHEDULER_RE.match(address):
+        raise ValueError(f"scheduler={address!r} must be a dask scheduler address such as "
+                         "'tcp://host:8786' (schemes: tcp, tls, ucx, ws, wss, inproc)")
+    return address
+
+
+def check_datasets_available(names) -> None:
+    """Raise :class:`milr.data.DataNotFoundError` (listing the directories searched) for the
+    first data set in ``names`` whose files cannot be found on this machine."""
+    have = set(available_datasets())
+    for name in names:
+        if name not in have:
+            load_dataset(name)  # raises DataNotFoundError with every path searched
+
+
+
+# -- configurations ---------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class TrialConfig:

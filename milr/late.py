@@ -26,22 +26,23 @@ choice**:
    one evaluation to the next (binomial noise alone is 0.013 near 0.8), so a snapshot rule
    flagged rates that train perfectly well (measured in the first version of this figure).
    A spike that recovers before the window counts as success, as it does for eta*.
-4. **Search.** The same scan-then-bisect bracketing search as eta*
-   (:func:`milr.search.eta_star_single`: geometric scan from ``eta_hi`` down, then bisection
-   between the largest success and the first failure above it, to ``u / l <= 1 + tol``).
-   Its result, ``eta_late``, is the largest rate observed to succeed.
+4. **Search.** The eta* search (:func:`milr.search.k_section` as Algorithm 1: geometric
+   scan from ``eta_hi`` down, then bisection between the largest success and the first
+   failure above it, to ``u / l <= 1 + tol``) on these trials. Its result, ``eta_late``, is
+   the largest rate observed to succeed.
 5. **Sharpness at that point.** lambda_1 of the training loss at the warmed-up parameters, on
    the fixed sharpness subset (:func:`milr.sharpness.sharpness_subset`), as the *effective*
    sharpness ``lambda_max(P^1/2 H P^1/2)`` with P the per-layer rate multipliers: gradient
    descent at rate eta is stable on the local quadratic iff ``eta < 2 / lambda_1_eff`` (the
    edge-of-stability relation of Cohen et al. 2021 that the late-stage rate is compared with).
 
-The trial and the search take any model with a ``layers`` list and any loss and score, so the
-tests check them on a linear regression whose stability limit 2 / lambda_1 is exact.
+Warm-up and trials run on the one trainer (:class:`milr.train.Trainer`): an MLP with the
+cross-entropy on its hand-written backward, any other model (a ``layers`` list groups its
+parameters) and loss through ``torch.func``, so the tests check the search on a linear
+regression whose stability limit 2 / lambda_1 is exact.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -52,11 +53,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import SearchConfig, check_float, check_int, check_dataset
-from .validate import check_grid
-from .data import CHANCE_ACCURACY, Dataset
-from .search import EtaStarResult, eta_star_single
-from .train import accuracy, params_finite
+from .config import SearchConfig, check_dataset, check_float, check_grid, check_int
+from .data import CHANCE_ACCURACY, Dataset, load_dataset
+from .models import MLP, layer_lr_scales, make_mlp
+from .search import EtaStarResult, k_section
+from .sharpness import sharpness, sharpness_subset
+from .train import (StackedMLP, StackedModule, StopRules, Trainer, batch_indices,
+                    correct_fraction, torch_dtype, val_subset)
 
 __all__ = ["LateTrialResult", "late_trial", "late_max_lr", "warm_up", "WarmUpResult",
            "LateLRTask", "late_lr_tasks", "round_sig", "KIND", "REASONS"]
@@ -76,30 +79,65 @@ def round_sig(x: float, digits: int = 3) -> float:
     return float(f"{x:.{digits - 1}e}")
 
 
-def _sgd(model, eta: float, lr_scales: Sequence[float]) -> torch.optim.SGD:
+def _trainer(model, x_train, y_train, order, x_val, y_val, lr_scales, blowup_factor,
+             eval_every, loss_fn, score_fn, **options) -> Trainer:
+    """A :class:`milr.train.Trainer` whose members start from ``model``'s state and see the
+    minibatches ``order``; evaluation every ``eval_every`` steps (None: the last only)."""
+    if order.ndim != 2 or order.shape[0] < 1:
+        raise ValueError(f"order must be a (steps, B) index tensor with steps >= 1, got "
+                         f"shape {tuple(order.shape)}")
     layers = list(model.layers)
     if len(lr_scales) != len(layers):
         raise ValueError(f"lr_scales has {len(lr_scales)} entries; the model has "
                          f"{len(layers)} layers")
-    groups = [{"params": list(layer.parameters()), "lr": eta * float(s)}
-              for layer, s in zip(layers, lr_scales)]
-    return torch.optim.SGD(groups, lr=eta, momentum=0.0)
+    steps = int(order.shape[0])
+    every = steps if eval_every is None else check_int("eval_every", eval_every, 1)
+    if isinstance(model, MLP) and loss_fn is F.cross_entropy:
+        net = StackedMLP([model.n0] + [model.width] * model.depth + [model.n_classes],
+                         train_input=float(lr_scales[0]) > 0)
+    else:
+        net = StackedModule(model, loss_fn)
+    p0 = next(model.parameters())
+    tr = Trainer(net, x_train, y_train, x_val, y_val,
+                 StopRules(steps, every, None, blowup_factor), lr_scales, score=score_fn,
+                 dtype=p0.dtype, device=p0.device, **options)
+    tr.add_stream("order", order)
+    return tr
+
+
+class _FromState:
+    """The batch protocol of :func:`milr.search.k_section` for trials that all start from one
+    state and see one stream: ``add(eta, seed, tag)`` ignores the seed."""
+
+    def __init__(self, trainer: Trainer, init: list):
+        self.trainer, self.init = trainer, init
+
+    def add(self, eta, seed=None, tag=None):
+        return self.trainer.add(eta, init=self.init, stream="order", tag=tag)
+
+    def cancel(self, uid):
+        return self.trainer.cancel(uid)
+
+    def advance(self):
+        return self.trainer.advance()
+
+    @property
+    def idle(self):
+        return self.trainer.idle
 
 
 @dataclass
 class LateTrialResult:
     """Outcome of one late-stage trial (``trial_steps`` SGD steps from a trained state).
 
-    eta: learning rate of the trial (hidden and read-out layers; other layers use their
-        multiplier, see ``lr_scales``).
+    eta: learning rate of the trial (layer ``l`` at ``lr_scales[l] * eta``).
     success: no divergence and ``score_end >= score_start - delta``.
-    reason: ``kept_accuracy`` (success), ``lost_accuracy``, ``diverged_nonfinite`` (a loss or
-        parameter became NaN or +/-inf) or ``diverged_blowup`` (a batch loss exceeded
-        ``blowup_factor`` x the trial's first batch loss).
+    reason: ``kept_accuracy`` (success), ``lost_accuracy``, ``diverged_nonfinite`` (a loss,
+        parameter or validation output became NaN or +/-inf) or ``diverged_blowup`` (a batch
+        loss exceeded ``blowup_factor`` x the trial's first batch loss).
     steps: steps taken (the step at which divergence was detected, else all of them).
-    score_start: the reference score (accuracy for classification) the trial is compared
-        with; score_end: the mean score over the trial's last ``window`` evaluations (NaN when
-        the trial diverged).
+    score_start: the reference score (accuracy for classification); score_end: the mean
+        score over the trial's last ``window`` evaluations (NaN when the trial diverged).
     loss_first, loss_max: first and largest batch loss of the trial.
     wall_time: seconds.
     """
@@ -118,6 +156,36 @@ class LateTrialResult:
         return asdict(self)
 
 
+def _late_result(r, score_start: float, delta: float, window: int) -> LateTrialResult:
+    """A late trial's outcome from the trainer's result (``budget_exhausted`` = ran to the
+    end: then the window mean decides)."""
+    reason, score_end = r.reason, math.nan
+    if reason == "budget_exhausted":
+        score_end = float(np.mean([a for _, a in r.curve[-window:]]))
+        ok = math.isfinite(score_end) and score_end >= score_start - delta
+        reason = "kept_accuracy" if ok else "lost_accuracy"
+    return LateTrialResult(
+        eta=float(r.eta), success=reason == "kept_accuracy", reason=reason, steps=int(r.steps),
+        score_start=float(score_start), score_end=float(score_end),
+        loss_first=float(r.loss0), loss_max=float(r.loss_max), wall_time=float(r.wall_time))
+
+
+def _check_late(eta, delta, blowup_factor, order, eval_every, window):
+    check_float("eta", eta, 0.0, lo_open=True)
+    check_float("delta", delta, 0.0)
+    check_float("blowup_factor", blowup_factor, 1.0, lo_open=True)
+    if order.ndim != 2 or order.shape[0] < 1:
+        raise ValueError(f"order must be a (steps, B) index tensor with steps >= 1, got "
+                         f"shape {tuple(order.shape)}")
+    check_int("window", window, 1, len(_eval_steps(int(order.shape[0]), eval_every)))
+
+
+def _score_of(model, x_val, y_val, score_fn) -> float:
+    """One snapshot of ``model``'s validation score."""
+    with torch.no_grad():
+        return float(score_fn(model(x_val).unsqueeze(0), y_val)[0])
+
+
 def late_trial(
     model,
     eta: float,
@@ -132,7 +200,7 @@ def late_trial(
     blowup_factor: float = 100.0,
     score_start: float | None = None,
     loss_fn: Callable = F.cross_entropy,
-    score_fn: Callable = accuracy,
+    score_fn: Callable = correct_fraction,
     eval_every: int | None = None,
     window: int = 1,
 ) -> LateTrialResult:
@@ -151,11 +219,12 @@ def late_trial(
         docstring).
     blowup_factor: divergence when a batch loss exceeds this x the trial's first batch loss
         (> 1; default 100, the eta* trials' rule).
-    score_start: the reference score (default: the score of ``model`` itself, one snapshot;
-        the task passes the warm-up's window mean).
-    loss_fn: ``loss_fn(model(x), y) -> scalar`` (default mean cross-entropy).
-    score_fn: ``score_fn(model, x_val, y_val) -> float``, higher is better (default
-        accuracy; tests use minus the loss for a regression).
+    score_start: the reference score (default: one snapshot of ``model``'s score; the task
+        passes the warm-up's window mean).
+    loss_fn: ``loss_fn(outputs, y) -> scalar`` (default mean cross-entropy).
+    score_fn: ``score_fn(outputs (m, n, ...), y) -> (m,)`` tensor, higher is better (default
+        accuracy, a row with a non-finite output counting as wrong; tests use minus the loss
+        of a regression).
     eval_every: the score is measured every ``eval_every`` steps and after the last step
         (``None``: after the last step only).
     window: ``score_end`` is the mean of the last ``window`` measurements (>= 1 and at most
@@ -165,54 +234,13 @@ def late_trial(
     ``lr_scales``, ``eval_every`` or ``window``. Source: our definition of "continues
     training" (module docstring).
     """
-    eta = check_float("eta", eta, 0.0, lo_open=True)
-    delta = check_float("delta", delta, 0.0)
-    blowup_factor = check_float("blowup_factor", blowup_factor, 1.0, lo_open=True)
-    if order.ndim != 2 or order.shape[0] < 1:
-        raise ValueError(f"order must be a (steps, B) index tensor with steps >= 1, got "
-                         f"shape {tuple(order.shape)}")
-    evals = _eval_steps(int(order.shape[0]), eval_every)
-    window = check_int("window", window, 1, len(evals))
-    t0 = time.perf_counter()
-    net = copy.deepcopy(model)
+    _check_late(eta, delta, blowup_factor, order, eval_every, window)
+    tr = _trainer(model, x_train, y_train, order, x_val, y_val, lr_scales, blowup_factor,
+                  eval_every, loss_fn, score_fn, record_curve=True)
     if score_start is None:
-        score_start = float(score_fn(net, x_val, y_val))
-    opt = _sgd(net, eta, lr_scales)
-    loss_first = loss_max = math.nan
-    scores: list[float] = []
-    reason, steps = "kept_accuracy", int(order.shape[0])
-    for step in range(1, order.shape[0] + 1):
-        idx = order[step - 1]
-        loss = loss_fn(net(x_train[idx]), y_train[idx])
-        lv = float(loss.item())
-        if step == 1:
-            loss_first = lv
-        if not math.isfinite(lv):
-            reason, steps = "diverged_nonfinite", step
-            break
-        loss_max = lv if math.isnan(loss_max) else max(loss_max, lv)
-        if lv > blowup_factor * loss_first:
-            reason, steps = "diverged_blowup", step
-            break
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step in evals:
-            if not params_finite(net):
-                reason, steps = "diverged_nonfinite", step
-                break
-            scores.append(float(score_fn(net, x_val, y_val)))
-    score_end = math.nan
-    if reason == "kept_accuracy":
-        score_end = float(np.mean(scores[-window:]))
-        if not math.isfinite(score_end) or score_end < score_start - delta:
-            reason = "lost_accuracy"
-    return LateTrialResult(
-        eta=float(eta), success=reason == "kept_accuracy", reason=reason, steps=int(steps),
-        score_start=float(score_start), score_end=float(score_end),
-        loss_first=float(loss_first), loss_max=float(loss_max),
-        wall_time=time.perf_counter() - t0,
-    )
+        score_start = _score_of(model, x_val, y_val, score_fn)
+    uid = tr.add(float(eta), init=model, stream="order")
+    return _late_result(tr.run()[uid], score_start, delta, window)
 
 
 def _eval_steps(steps: int, eval_every: int | None) -> set:
@@ -236,47 +264,52 @@ def late_max_lr(
     delta: float = 0.02,
     blowup_factor: float = 100.0,
     loss_fn: Callable = F.cross_entropy,
-    score_fn: Callable = accuracy,
+    score_fn: Callable = correct_fraction,
     seed: int = 0,
     score_start: float | None = None,
     eval_every: int | None = None,
     window: int = 1,
 ) -> EtaStarResult:
     """The largest rate at which training continues from ``model``'s current state: the eta*
-    search (:func:`milr.search.eta_star_single`, scan then bisection) run on
-    :func:`late_trial` (same arguments) instead of a trial from initialisation.
+    search as Algorithm 1 (:func:`milr.search.k_section`, k = 1, one trial at a time) on
+    :func:`late_trial`'s trials (same arguments).
 
     Every trial starts from the same state and sees the same minibatches ``order``, so the
     result depends on eta only. Returns a :class:`milr.search.EtaStarResult` whose
     ``eta_star`` is the late-stage maximal rate (NaN and status ``no_success`` when even
-    ``search.eta_lo`` fails) and whose ``trials`` log holds each :class:`LateTrialResult`.
-    ``score_start`` is the reference score of every trial (default: one snapshot of
-    ``model``'s score). ``seed`` is only recorded. Raises ``ValueError`` like
+    ``search.eta_lo`` fails) and whose ``trials`` log holds each :class:`LateTrialResult`
+    (plus its ``round``). ``score_start``: the reference score of every trial (default one
+    snapshot of ``model``'s). ``seed`` is only recorded. Raises ``ValueError`` like
     :func:`late_trial`.
     """
     search = SearchConfig() if search is None else search
-    score0 = (float(score_fn(model, x_val, y_val)) if score_start is None
+    _check_late(search.eta_hi, delta, blowup_factor, order, eval_every, window)
+    score0 = (_score_of(model, x_val, y_val, score_fn) if score_start is None
               else float(score_start))
+    tr = _trainer(model, x_train, y_train, order, x_val, y_val, lr_scales, blowup_factor,
+                  eval_every, loss_fn, score_fn, record_curve=True)
 
-    def trial(eta: float) -> LateTrialResult:
-        return late_trial(model, eta, x_train, y_train, order, x_val, y_val,
-                          lr_scales=lr_scales, delta=delta, blowup_factor=blowup_factor,
-                          score_start=score0, loss_fn=loss_fn, score_fn=score_fn,
-                          eval_every=eval_every, window=window)
+    class _Late(_FromState):
+        def advance(self):
+            return [(u, _late_result(r, score0, delta, window), tag)
+                    if r.reason != "cancelled" else (u, r, tag)
+                    for u, r, tag in self.trainer.advance()]
 
-    return eta_star_single(trial, search, seed=seed)
+    batch = _Late(tr, tr.net.of_model(model))
+    (res,) = k_section(batch, search, [int(seed)], 1, 1, sequential=True)
+    return res
 
 
 @dataclass
 class WarmUpResult:
     """State after the warm-up (see :func:`warm_up`).
 
-    diverged: the warm-up itself diverged (non-finite loss or parameter, or a batch loss
-        above ``blowup_factor`` x the first one). val_acc, val_loss: accuracy and mean
-        cross-entropy on the validation subset after the last step. val_acc_window: mean
-        accuracy over the last ``window`` evaluations (the late trials' reference).
-        train_loss_last: mean of the last ``min(50, steps)`` batch losses. steps: steps
-        taken. wall_time: seconds.
+    diverged: the warm-up itself diverged (non-finite loss, parameter or validation output,
+        or a batch loss above ``blowup_factor`` x the first one). val_acc, val_loss: accuracy
+        and mean cross-entropy on the validation subset after the last step. val_acc_window:
+        mean accuracy over the last ``window`` evaluations (the late trials' reference).
+        train_loss_last: mean of the last ``min(50, steps)`` finite batch losses. steps:
+        steps taken. wall_time: seconds.
     """
 
     diverged: bool
@@ -295,52 +328,38 @@ def warm_up(model, lr: float, x_train, y_train, order, x_val, y_val, *,
             lr_scales: Sequence[float], blowup_factor: float = 100.0,
             eval_every: int | None = None, window: int = 1) -> WarmUpResult:
     """Train ``model`` *in place* with plain SGD at constant rate ``lr`` (layer ``l`` at
-    ``lr_scales[l] * lr``) on the minibatches ``order`` ``(steps, B)``, cross-entropy loss;
-    validation accuracy every ``eval_every`` steps and after the last (``None``: the last
-    only), averaged over the last ``window`` of them into ``val_acc_window``.
+    ``lr_scales[l] * lr``) on the minibatches ``order`` ``(steps, B)``, cross-entropy loss,
+    on the one trainer; validation accuracy every ``eval_every`` steps and after the last
+    (``None``: the last only), averaged over the last ``window`` of them into
+    ``val_acc_window``.
 
-    Stops early (``diverged=True``) on a non-finite loss or parameter or a batch loss above
-    ``blowup_factor`` x the first one (the eta* trials' rule). Raises ``ValueError`` for a
-    bad ``lr``, ``order``, ``eval_every`` or ``window``.
+    Stops early (``diverged=True``) by the trainer's rules (non-finite loss, parameter or
+    validation output; a batch loss above ``blowup_factor`` x the first one). Raises
+    ``ValueError`` for a bad ``lr``, ``order``, ``eval_every`` or ``window``.
     """
     lr = check_float("lr", lr, 0.0, lo_open=True)
     if order.ndim != 2 or order.shape[0] < 1:
         raise ValueError(f"order must be a (steps, B) index tensor, got {tuple(order.shape)}")
-    evals = _eval_steps(int(order.shape[0]), eval_every)
-    window = check_int("window", window, 1, len(evals))
+    window = check_int("window", window, 1, len(_eval_steps(int(order.shape[0]), eval_every)))
     t0 = time.perf_counter()
-    opt = _sgd(model, lr, lr_scales)
-    losses: list[float] = []
-    accs: list[float] = []
-    diverged, steps = False, int(order.shape[0])
-    for step in range(1, order.shape[0] + 1):
-        idx = order[step - 1]
-        loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
-        lv = float(loss.item())
-        losses.append(lv)
-        if not math.isfinite(lv) or lv > blowup_factor * losses[0]:
-            diverged, steps = True, step
-            break
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step in evals and step < order.shape[0]:
-            if not params_finite(model):
-                diverged, steps = True, step
-                break
-            accs.append(accuracy(model, x_val, y_val))
-    diverged = diverged or not params_finite(model)
+    tr = _trainer(model, x_train, y_train, order, x_val, y_val, lr_scales, blowup_factor,
+                  eval_every, F.cross_entropy, correct_fraction, record_curve=True,
+                  record_losses=True, keep_params=True)
+    uid = tr.add(lr, init=model, stream="order")
+    r = tr.run()[uid]
+    with torch.no_grad():
+        for p, q in zip(model.parameters(), r.params):
+            p.copy_(q)
+    diverged = r.reason.startswith("diverged")
     acc = vloss = acc_w = math.nan
     if not diverged:
         with torch.no_grad():
-            logits = model(x_val)
-            acc = (logits.argmax(1) == y_val).double().mean().item()
-            vloss = float(F.cross_entropy(logits, y_val))
-        accs.append(acc)
-        acc_w = float(np.mean(accs[-window:]))
-    tail = [v for v in losses[-50:] if math.isfinite(v)]
+            vloss = float(F.cross_entropy(model(x_val), y_val))
+        acc = r.final_acc
+        acc_w = float(np.mean([a for _, a in r.curve[-window:]]))
+    tail = [v for v in r.losses[-50:] if math.isfinite(v)]
     return WarmUpResult(diverged, float(acc), acc_w, float(vloss),
-                        float(np.mean(tail)) if tail else math.nan, steps,
+                        float(np.mean(tail)) if tail else math.nan, int(r.steps),
                         time.perf_counter() - t0)
 
 
@@ -441,18 +460,12 @@ class LateLRTask:
         return d
 
     def lr_scales(self) -> list[float]:
-        from .models import layer_lr_scales
-
         return layer_lr_scales(self.depth, self.input_lr_scale)
 
     def prepare(self, data: Dataset | None = None, device: str | torch.device = "cpu"):
         """Build and warm up the network. Returns ``(model, warm, tensors)``: the trained
         model, its :class:`WarmUpResult` and a dict of the tensors the trials use
         (``x_train``, ``y_train``, ``order`` (trial_steps, B), ``x_val``, ``y_val``)."""
-        from .data import load_dataset
-        from .models import make_mlp
-        from .train import batch_indices, torch_dtype, val_subset
-
         data = load_dataset(self.dataset) if data is None else data
         dt = torch_dtype(self.dtype)
         xtr = data.x_train.to(device=device, dtype=dt)
@@ -478,10 +491,6 @@ class LateLRTask:
         wall time); ``lambda_1_eff`` (and ``lambda_1`` with ``plain_sharpness``) with
         residual, HVP count and convergence; ``stability_limit_eff = 2 / lambda_1_eff``;
         ``eta_star_ref``, ``warmup_fraction``; ``trials`` (the search's log)."""
-        from .data import load_dataset
-        from .sharpness import sharpness, sharpness_subset
-        from .train import torch_dtype
-
         t0 = time.perf_counter()
         data = load_dataset(self.dataset)
         model, warm, tt = self.prepare(data, device)

@@ -62,7 +62,14 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from .conditions import (add_residuals, config_table, figure_settings, figure_tasks, fmt_ratio,
+                         late_tasks, law_breakdown, reference_fit)
+from .data import DEFAULT_THRESHOLDS, available_datasets
 from .fit import PowerLawFit, fit_power_law, interval_text
+from .presets import get_preset
+from .store import Store
+from .sweep import eta_star_tasks, load_results
+from .validate import build_tasks, spec_from_preset
 
 __all__ = ["SUPPORTED", "PARTLY", "NOT_SUPPORTED", "NO_DATA", "VERDICTS", "R2_STRONG",
            "R2_WEAK", "CLAIMS", "ClaimRow", "verdict_power_law", "verdict_width_depth",
@@ -100,7 +107,6 @@ RULES_MD = re.sub(r":(?:func|class|data):`~?([^`]+)`", r"`\1`", RULES).replace("
 class ClaimRow:
     """One row of the scorecard: claim (id and text), data set, measured evidence (text
     with numbers), verdict (one of :data:`VERDICTS`) and the figure that shows it."""
-
     claim_id: str
     claim: str
     dataset: str
@@ -315,8 +321,6 @@ def _fit(x, y, n_boot=1000) -> PowerLawFit:
 
 
 def _available(datasets: Sequence[str]) -> list[str]:
-    from .data import available_datasets
-
     have = set(available_datasets())
     return [d for d in datasets if d in have]
 
@@ -327,12 +331,6 @@ def collect_scorecard(preset: str = "quick", store=None,
     computed) and apply the rules. Returns ``(table, numbers)``: one :class:`ClaimRow` per
     (claim, data set) as a DataFrame, and the numbers behind it (``numbers[claim_id][ds]``
     dicts) for the notebook to show."""
-    from .conditions import (add_residuals, config_table, figure_settings, figure_tasks,
-                             fmt_ratio, late_tasks, law_breakdown, reference_fit)
-    from .presets import get_preset
-    from .store import Store
-    from .sweep import eta_star_tasks, load_results
-
     store = Store() if store is None else store
     P = get_preset(preset)
     datasets = _available(datasets or P["datasets"])
@@ -348,8 +346,6 @@ def collect_scorecard(preset: str = "quick", store=None,
                                        P["trial"], P["search"]), store)
     sharp = None
     try:
-        from .validate import build_tasks, spec_from_preset
-
         sharp = load_results(build_tasks(spec_from_preset(preset, kind="sharpness",
                                                           datasets=datasets)), store)
     except (ImportError, ValueError):
@@ -469,8 +465,6 @@ def collect_scorecard(preset: str = "quick", store=None,
 
         # robustness
         if "threshold_budget" in P:
-            from .data import DEFAULT_THRESHOLDS
-
             parts = figure_tasks(P, "threshold_budget", [ds])
             t_def = P["trial"].get("threshold") or DEFAULT_THRESHOLDS[ds]
             defaults = {f"t={t_def:g}", f"budget={P['trial']['step_budget']}"}

@@ -42,10 +42,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import check_float, check_int, check_dataset
-from .validate import check_grid
+from .config import check_dataset, check_float, check_grid, check_int
 from .data import Dataset, load_dataset
 from .models import MLP, layer_lr_scales, make_mlp
+from .train import torch_dtype
 
 __all__ = [
     "EigenResult",
@@ -495,8 +495,6 @@ class SharpnessTask:
 
     def build(self, device: str | torch.device = "cpu"):
         """The network and the subset: ``(model, x, y, data)`` (model in ``weights_dtype``)."""
-        from .train import torch_dtype
-
         data = load_dataset(self.dataset)
         x, y = sharpness_subset(data, self.n_subset)
         model = make_mlp(data.input_dim, self.width, self.depth, data.n_classes, self.seed,
@@ -507,8 +505,6 @@ class SharpnessTask:
         """lambda_1 (full Hessian), lambda_1_eff (P^{1/2} H P^{1/2}) and, with
         ``gauss_newton``, lambda_1_gn and lambda_1_gn_eff, each with its residual, HVP count
         and convergence flag; plus the loss at initialisation on the subset and n_params."""
-        from .train import torch_dtype
-
         model, x, y, data = self.build(device)
         dt = torch_dtype(self.hvp_dtype)
         scales = layer_lr_scales(self.depth, self.input_lr_scale)

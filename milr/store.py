@@ -46,6 +46,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import __version__
 from .config import config_key
 
 __all__ = [
@@ -82,8 +83,6 @@ class StoreCollisionError(RuntimeError):
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """``milr <version>`` plus the git commit (``+dirty`` when ``milr/`` has changes)."""
-    from . import __version__
-
     here = Path(__file__).resolve().parent.parent
     try:
         rev = subprocess.run(["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"],

@@ -16,7 +16,7 @@ record (atomically, from the submitting process) as soon as its task finishes:
 
 Tasks that can be computed together are handed to a worker as one *unit*: an eta* task with
 the batched search (``method="batched"``) joins the other seeds of its configuration
-(:meth:`EtaStarTask.group_key`), and the unit runs one :func:`milr.batched.eta_star_batched`
+(:meth:`EtaStarTask.group_key`), and the unit runs one :func:`milr.search.eta_star`
 call with all of them in one batch (``group_seeds=False``: one task per unit). Each task of a
 unit still gets its own record, written when the unit finishes. The pool and dask backends
 start the largest units first (:func:`largest_first`), so their workers finish together.
@@ -44,7 +44,11 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
-from .config import SearchConfig, TrialConfig, check_float, check_int, config_key
+from .config import (SearchConfig, TrialConfig, check_datasets_available, check_device,
+                     check_device_available, check_float, check_grid, check_int,
+                     check_scheduler, check_workers, config_key)
+from .data import INPUT_DIMS, load_dataset
+from .search import eta_star
 from .store import Store, run_metadata
 
 __all__ = ["EtaStarTask", "eta_star_tasks", "run_sweep", "load_results", "run_eta_star_sweep",
@@ -84,26 +88,14 @@ class EtaStarTask:
         return {**self.trial.to_dict(), **self.search.to_dict(), "seed": self.seed}
 
     def compute(self, device: str = "cpu", on_trial: Callable | None = None) -> dict:
-        """Run the search (:func:`milr.search.eta_star`) and return its result dict.
+        """The search's result dict (:func:`milr.search.eta_star` with this one seed).
 
-        ``on_trial(result)`` (optional, for progress bars) is called after every trial of the
-        sequential search (``method="bisect"``); it does not change the result. The batched
-        search (``method="batched"``) ignores it.
+        ``on_trial(result)`` (optional, for progress bars) is called after every trial; it
+        does not change the result.
         """
-        from .data import load_dataset
-        from .search import eta_star, eta_star_single
-
-        data = load_dataset(self.trial.dataset)
-        if on_trial is not None and self.search.method == "bisect":
-            from .train import run_trial
-
-            def trial(eta):
-                r = run_trial(self.trial, eta, self.seed, data=data, device=device)
-                on_trial(r)
-                return r
-
-            return eta_star_single(trial, self.search, seed=self.seed).to_dict()
-        (res,) = eta_star(self.trial, self.search, seeds=[self.seed], data=data, device=device)
+        (res,) = eta_star(self.trial, self.search, [self.seed],
+                          data=load_dataset(self.trial.dataset), device=device,
+                          on_trial=on_trial)
         return res.to_dict()
 
     def group_key(self):
@@ -115,24 +107,20 @@ class EtaStarTask:
     @staticmethod
     def compute_group(tasks: list["EtaStarTask"], device: str = "cpu") -> list[dict]:
         """Results of ``tasks`` (equal :meth:`group_key`, distinct seeds), in order, from one
-        :func:`milr.batched.eta_star_batched` call that trains all their seeds in one batch.
+        :func:`milr.search.eta_star` call that trains all their seeds in one batch.
 
         Each seed keeps its own bracket and rounds, so a result is what :meth:`compute` gives
         for that seed alone up to rounding: the batch's products sum in an order that depends
         on which trials share it, and near eta* SGD amplifies such differences (README,
         Performance). Raises ``ValueError`` if the tasks do not share one group key.
         """
-        from .batched import eta_star_batched
-        from .data import load_dataset
-
         keys = {t.group_key() for t in tasks}
         if len(keys) != 1 or None in keys:
             raise ValueError("compute_group needs tasks of one configuration with "
                              f"method='batched'; got {len(keys)} group keys")
         t0 = tasks[0]
-        data = load_dataset(t0.trial.dataset)
-        res = eta_star_batched(t0.trial, t0.search, seeds=[t.seed for t in tasks], data=data,
-                               device=device)
+        res = eta_star(t0.trial, t0.search, [t.seed for t in tasks],
+                       data=load_dataset(t0.trial.dataset), device=device)
         return [r.to_dict() for r in res]
 
 
@@ -154,8 +142,6 @@ def eta_star_tasks(
 
     Raises ``ValueError``/``TypeError`` naming the first bad parameter; nothing is computed.
     """
-    from .validate import check_grid
-
     datasets, depths, widths, seeds = check_grid(datasets, depths, widths, seeds)
     ratio = check_float("min_width_over_depth", min_width_over_depth, 0.0)
     if trial is not None and not isinstance(trial, dict):
@@ -309,8 +295,6 @@ def work_hint(task) -> float:
     """Rough relative cost of a task, for scheduling only: the weights of its network,
     ``n0 w + (d - 1) w^2`` (0 when the configuration has no depth and width). Our choice:
     trial steps, HVPs and evaluations all scale with it."""
-    from .data import INPUT_DIMS
-
     c = task.record_config()
     d, w = c.get("depth"), c.get("width")
     if not (isinstance(d, int) and isinstance(w, int)):
@@ -566,8 +550,6 @@ def _run_dask(units, rec: _Recorder, device, torch_threads, client, scheduler, d
               datasets, check_data):
     from dask.distributed import as_completed
 
-    from .validate import check_datasets_available
-
     own = client is None
     cluster = None
     if own:
@@ -664,9 +646,6 @@ def run_sweep(
     :class:`milr.data.DataNotFoundError` for a missing data set, :class:`SweepError`
     (``errors="raise"``); ``KeyboardInterrupt`` stops the sweep, finished records stay.
     """
-    from .validate import (check_datasets_available, check_device, check_device_available,
-                           check_scheduler, check_workers)
-
     store = Store() if store is None else store
     if not isinstance(store, Store):
         raise TypeError(f"store={store!r} must be a milr.store.Store")

@@ -36,6 +36,8 @@ import numpy as np
 import torch
 
 from .config import check_float, check_int
+from .data import DATASETS, load_dataset
+from .sharpness import SUBSET_SEED, sharpness_subset
 
 __all__ = [
     "relu_expectations",
@@ -109,7 +111,6 @@ class InfiniteWidthNTK:
     depth, lr_scales: the architecture's d and (s_1 .. s_{d+1}).
     NTK per logit at width w: ``gram(w) = w theta_w + theta_input + theta_bias``.
     """
-
     nngp: np.ndarray
     theta_w: np.ndarray
     theta_input: np.ndarray
@@ -518,8 +519,6 @@ THEORY_KIND = "sharpness_theory"
 
 @functools.lru_cache(maxsize=4)
 def _cached_kernels(dataset: str, n_subset: int, depth: int, input_lr_scale: float):
-    from .data import load_dataset
-    from .sharpness import sharpness_subset
 
     x, _ = sharpness_subset(load_dataset(dataset), n_subset)
     x = x.double().numpy()
@@ -528,8 +527,6 @@ def _cached_kernels(dataset: str, n_subset: int, depth: int, input_lr_scale: flo
 
 @functools.lru_cache(maxsize=4)
 def _cached_profile(dataset: str, n_subset: int, max_depth: int):
-    from .data import load_dataset
-    from .sharpness import sharpness_subset
 
     x, _ = sharpness_subset(load_dataset(dataset), n_subset)
     return depth_profile(x.double().numpy(), max_depth)
@@ -547,7 +544,6 @@ class TheoryTask:
     The kernels of one (data set, depth, s_1) are cached in the process, so a sweep over
     widths computes them once.
     """
-
     dataset: str
     depth: int
     width: int
@@ -561,8 +557,6 @@ class TheoryTask:
     kind = THEORY_KIND
 
     def __post_init__(self):
-        from .data import DATASETS
-
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
         if self.dataset not in DATASETS:
             raise ValueError(f"dataset={self.dataset!r} is not known; allowed: "
@@ -577,7 +571,6 @@ class TheoryTask:
         """Flat JSON configuration keying the record."""
         from dataclasses import asdict
 
-        from .sharpness import SUBSET_SEED
 
         d = asdict(self)
         d["subset"] = f"train[randperm(seed={SUBSET_SEED})[:n_subset]]"
@@ -587,8 +580,6 @@ class TheoryTask:
     def compute(self, device=None) -> dict:
         """Prediction (``pred_*``), bounds and kernel summaries (floats); ``device`` unused
         (numpy float64 on the CPU)."""
-        from .data import load_dataset
-
         x, k = _cached_kernels(self.dataset, self.n_subset, self.depth,
                                float(self.input_lr_scale))
         c = load_dataset(self.dataset).n_classes
