@@ -355,15 +355,16 @@ def eta_star(
     """
     search = SearchConfig() if search is None else search
     seeds = check_seeds(seeds)
+    if scan_window is not None:
+        scan_window = check_int("scan_window", scan_window, 1)
     sequential = search.method == "bisect"
     if sequential:
         k, window = 1, 1
     else:
         k = search.k
-        if scan_window is None:
+        window = scan_window
+        if window is None:
             window = None if torch.device(device).type == "cuda" else 1
-        else:
-            window = check_int("scan_window", scan_window, 1)
     batch = trainer_for(trial, data, device, max_members=max_members)
     out = k_section(batch, search, seeds, k, window, sequential, on_trial)
     if stats is not None:

@@ -404,7 +404,8 @@ class Trainer:
         self.xv = x_val.to(device=dev, dtype=dtype)
         self.yv = y_val.to(device=dev)
         self.n_train = len(self.ytr)
-        self.max_members = max_members
+        self.max_members = None if max_members is None else check_int("max_members",
+                                                                      max_members, 1)
         self.batch_size = batch_size
         self._streams: dict = {}
         self._order = torch.empty((0, 0), dtype=torch.long, device=dev)
@@ -726,7 +727,10 @@ def trainer_for(cfg: TrialConfig, data: Dataset | None = None,
                 device: str | torch.device = "cpu", **options) -> Trainer:
     """The :class:`Trainer` of eta* trials of ``cfg`` (MLP, mean cross-entropy, the fixed
     validation subset, :class:`StopRules` of ``cfg``, seed-derived initialisation and data
-    order). ``options`` go to :class:`Trainer` (``record_curve``, ``max_members``, ...)."""
+    order). ``options`` go to :class:`Trainer` (``record_curve``, ``max_members``, ...).
+    Raises ``TypeError`` if ``cfg`` is not a :class:`milr.config.TrialConfig`."""
+    if not isinstance(cfg, TrialConfig):
+        raise TypeError(f"cfg={cfg!r} must be a milr.config.TrialConfig")
     data = load_dataset(cfg.dataset) if data is None else data
     xv, yv = val_subset(data, cfg.n_val)
     dims = [data.input_dim] + [cfg.width] * cfg.depth + [data.n_classes]
@@ -747,10 +751,13 @@ def run_trials(cfg: TrialConfig, etas: Iterable[float], seeds: Iterable[int],
     """The trials ``(etas[i], seeds[i])`` of ``cfg``, trained together; results in order.
 
     ``models[i]`` (optional): a built :class:`milr.models.MLP` whose parameters are the
-    trial's initial state instead of the seed's fresh network (tests use it). ``ValueError``
-    if the lengths differ.
+    trial's initial state instead of the seed's fresh network (tests use it).
+
+    Raises ``ValueError`` if the lengths differ, for an ``eta`` that is not finite and > 0 or
+    a seed that is not an integer >= 0 (the user's entry point; the trainer trusts it).
     """
-    etas, seeds = list(etas), list(seeds)
+    etas = [check_float(f"eta[{i}]", e, 0.0, lo_open=True) for i, e in enumerate(etas)]
+    seeds = [check_int(f"seed[{i}]", s, 0) for i, s in enumerate(seeds)]
     if len(etas) != len(seeds) or (models is not None and len(models) != len(etas)):
         raise ValueError(f"etas ({len(etas)}) and seeds ({len(seeds)}) must have equal length")
     tr = trainer_for(cfg, data, device, record_curve=record_curve, max_members=max_members)
@@ -767,11 +774,8 @@ def run_trial(cfg: TrialConfig, eta: float, seed: int, data: Dataset | None = No
     ``eta`` under the rules of ``cfg`` (the one-member case of :func:`run_trials`).
 
     ``eta``: finite and > 0; ``seed``: integer >= 0 (fixes initialisation and data order).
-    Raises ``ValueError`` for a bad ``eta`` or ``seed`` (the entry point for users; the
-    trainer itself trusts its callers).
+    Raises ``ValueError`` for a bad ``eta`` or ``seed`` (checked by :func:`run_trials`).
     """
-    eta = check_float("eta", eta, 0.0, lo_open=True)
-    seed = check_int("seed", seed, 0)
     (r,) = run_trials(cfg, [eta], [seed], data, device, record_curve,
                       models=None if model is None else [model])
     log.debug("trial %s d=%d w=%d seed=%d eta=%.4g -> %s at step %d (acc %.3f)",

@@ -15,6 +15,9 @@ from milr.late import (LateLRTask, late_lr_tasks, late_max_lr, late_trial, round
 from milr.models import make_mlp
 from milr.sweep import run_sweep, task_key
 from milr.store import Store
+from milr.train import batch_indices
+
+from reference import reference_trial
 
 
 class TwoBlockRegression(nn.Module):
@@ -51,9 +54,9 @@ def mse(out, y):
     return 0.5 * ((out - y) ** 2).mean()
 
 
-def neg_mse(model, x, y):
-    with torch.no_grad():
-        return -float(mse(model(x), y))
+def neg_mse(out, y):
+    """Score of a late trial: minus the loss, per member (``out`` is ``(m, n)``)."""
+    return -0.5 * ((out - y) ** 2).mean(-1)
 
 
 def _problem(n_samples=64, n=6, k=2, first_scale=3.0, seed=0):
@@ -130,9 +133,10 @@ def test_late_trial_scores_the_mean_of_its_last_evaluations():
     order = torch.arange(len(x)).repeat(23, 1)
     seen = []
 
-    def score(m, xv, yv):
-        seen.append(neg_mse(m, xv, yv))
-        return seen[-1]
+    def score(out, yv):
+        v = neg_mse(out, yv)
+        seen.append(float(v[0]))
+        return v
 
     limit = _limit(x, 2, (1.0, 1.0))
     r = late_trial(model, 0.5 * limit, x, y, order, x, y, lr_scales=(1.0, 1.0), delta=0.0,
@@ -165,16 +169,14 @@ def test_late_trial_validates_its_arguments():
                    score_fn=neg_mse)
 
 
-def test_warm_up_matches_the_eta_star_trainer(gaussian_small):
-    """warm_up follows run_trial's rules exactly: same parameters after the same steps
-    (float64, two independent implementations of the SGD loop)."""
-    from milr.train import batch_indices, run_trial
-
+def test_warm_up_matches_the_reference_sgd_loop(gaussian_small):
+    """warm_up (the one trainer) follows the torch.optim.SGD reference exactly: same
+    parameters after the same steps (float64, two independent implementations)."""
     data = gaussian_small
     cfg = TrialConfig(dataset="gaussian", depth=2, width=16, threshold=0.999, step_budget=40,
                       eval_every=40, n_val=200, input_lr_scale=0.1, dtype="float64")
     a = make_mlp(data.input_dim, 16, 2, data.n_classes, 3, torch.float64)
-    run_trial(cfg, 0.2, 3, data=data, model=a)
+    reference_trial(cfg, 0.2, 3, data, model=a)
     b = make_mlp(data.input_dim, 16, 2, data.n_classes, 3, torch.float64)
     order = batch_indices(len(data.y_train), 64, 40 + 25, 3)[:40]  # a longer stream's head
     w = warm_up(b, 0.2, data.x_train.double(), data.y_train, order, data.x_val.double(),
@@ -274,3 +276,18 @@ def test_late_notebook_runs_with_smoke_parameters(tmp_path):
     late = load_results(late_tasks(p, ref), Store(store))
     assert len(late) == len(late_tasks(p, ref)) >= 3
     assert (late.eta_late > 0).all() and (late.lambda_1_eff > 0).all()
+
+
+def test_late_stage_counts_nan_validation_as_divergence(gaussian_small):
+    """Every validation logit NaN and every label 0 (argmax-based accuracy would read 1.0):
+    the warm-up and a late trial diverge (diverged_nonfinite), they never keep accuracy."""
+    data = gaussian_small
+    model = make_mlp(data.input_dim, 16, 1, data.n_classes, 0)
+    xv = torch.full((50, data.input_dim), float("nan"))
+    yv = torch.zeros(50, dtype=torch.long)
+    order = batch_indices(len(data.y_train), 64, 20, 0)
+    args = (data.x_train, data.y_train, order, xv, yv)
+    r = late_trial(model, 0.1, *args, lr_scales=[0.01, 1.0], score_start=0.0, eval_every=10)
+    assert (r.success, r.reason, r.steps) == (False, "diverged_nonfinite", 10)
+    w = warm_up(model, 0.1, *args, lr_scales=[0.01, 1.0], eval_every=10)
+    assert w.diverged and math.isnan(w.val_acc) and w.steps == 10
