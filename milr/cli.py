@@ -29,8 +29,8 @@ import time
 from .conditions import run_condition_sweeps
 from .config import SearchConfig, TrialConfig, check_int
 from .data import DATASETS, DataNotFoundError
-from .sharpness import sharpness_tasks
-from .store import Store, StoreCollisionError
+from .sharpness import SharpnessTask, sharpness_tasks
+from .store import Store, StoreCollisionError, code_version
 from .sweep import (SweepError, eta_star_tasks, run_eta_star_sweep, run_sweep, sweep_status,
                     task_label)
 from .validate import build_tasks, load_sweep_file, spec_from_preset
@@ -331,6 +331,12 @@ def cmd_status(args) -> int:
         for k in ("done", "pending", "failed", "corrupt"):
             print(f"  {k:<8}{getattr(st, k):>6}")
         print(f"  {'total':<8}{st.total:>6}")
+        versions: dict = {}
+        for t in st.tasks["done"]:
+            v = str(store.get(t.kind, t.record_config())["meta"].get("code_version"))
+            versions[v] = versions.get(v, 0) + 1
+        for v, n in sorted(versions.items()):
+            print(f"  made by {v}: {n}")
         stale = store.stale_temp_files()
         if stale:
             print(f"  ({len(stale)} leftover temporary file(s) of killed writers, e.g. "
@@ -354,6 +360,10 @@ def cmd_data(args) -> int:
     """The cached results of a preset (what ``make data`` runs): the same sweep machinery."""
     overrides = {"datasets": args.datasets} if args.datasets else {}
     tasks = build_tasks(spec_from_preset(args.preset, **overrides))
+    if code_version().endswith("+dirty") and not args.allow_dirty:
+        raise ValueError(f"the working tree has uncommitted changes in milr/ ({code_version()}):"
+                         " records would not say which code made them; commit first, or pass "
+                         "--allow-dirty")
     t0 = time.perf_counter()
     df = run_eta_star_sweep(tasks, Store(args.store), recompute=args.recompute,
                             device=args.device or "cpu", progress=not args.quiet,
@@ -453,6 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "  milr data --preset quick", formatter_class=fmt)
     p.add_argument("--preset", default="quick", help="quick | paper | smoke")
     p.add_argument("--datasets", nargs="*", help="override the preset's data sets")
+    p.add_argument("--allow-dirty", action="store_true",
+                   help="write records even when milr/ has uncommitted changes")
     p.set_defaults(func=cmd_data)
     _add_run_options(p)
     return ap

@@ -2,13 +2,16 @@
 
 Layout under ``root``::
 
-    <kind>/<key>.json                 one finished result (``key = config_key(kind, config)``)
-    <kind>/failed/<key>.json          why the last attempt at that configuration failed
-    <kind>/corrupt/<key>.<n>.json     unreadable records moved aside before a rewrite
+    <kind>/<name>.json                one finished result
+    <kind>/failed/<name>.json         why the last attempt at that configuration failed
+    <kind>/corrupt/<name>.<n>.json    unreadable records moved aside before a rewrite
 
-``key`` is a pure function of the configuration (seed included; Cohen et al.'s
-edge-of-stability code keys results the same way), so a sweep can be stopped and resumed
-without losing work. Each record holds the configuration that produced it, the result,
+``name`` is readable before the hash: ``<dataset>_d<depth>_w<width>_s<seed>_<key>`` with
+``key = config_key(kind, config)`` (the parts the configuration has; e.g.
+``fashion-mnist_d4_w256_s0_3f2a....json``), so the file name says what made the record and
+is still a pure function of the configuration (seed included): a sweep can be stopped and
+resumed without losing work. Records written before the readable names (``<key>.json``) are
+still read; :meth:`Store.rename_legacy` (``tools/rename_records.py``) renames them. Each record holds the configuration that produced it, the result,
 metadata (code version, library versions, device, hardware, date, wall time) and a sha256
 checksum of all of these.
 
@@ -56,6 +59,8 @@ __all__ = [
     "run_metadata",
     "code_version",
     "record_checksum",
+    "record_name",
+    "key_of",
     "DEFAULT_ROOT",
     "STATES",
 ]
@@ -69,6 +74,9 @@ DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "data" / "results"
 #: The state of one configuration in a store (see :meth:`Store.state`).
 STATES = ("done", "failed", "corrupt", "pending")
 _KIND_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_KEY_RE = re.compile(r"^[0-9a-f]{20}$")
+#: Configuration fields that make the readable part of a record's file name, with prefixes.
+_NAME_PARTS = (("dataset", ""), ("depth", "d"), ("width", "w"), ("seed", "s"))
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 
@@ -213,6 +221,22 @@ def _check_config(config) -> dict:
     return config
 
 
+def record_name(kind: str, config: dict) -> str:
+    """The file stem of the record of ``(kind, config)``: the readable parts the configuration
+    has (see :data:`_NAME_PARTS`), then the key, joined by ``_``."""
+    parts = []
+    for field, prefix in _NAME_PARTS:
+        v = config.get(field)
+        if isinstance(v, (str, int)) and not isinstance(v, bool):
+            parts.append(prefix + re.sub(r"[^a-z0-9.-]+", "-", str(v).lower()))
+    return "_".join(parts + [config_key(kind, config)])
+
+
+def key_of(path: str | os.PathLike) -> str:
+    """The key (last ``_``-separated part of the stem) of a record file name."""
+    return Path(path).stem.rsplit("_", 1)[-1]
+
+
 class Store:
     """A directory of JSON records. ``Store()`` uses the repository's ``data/results``.
 
@@ -233,14 +257,69 @@ class Store:
 
     # -- paths --------------------------------------------------------------------------------
     def path(self, kind: str, config: dict) -> Path:
-        """Where the record of ``(kind, config)`` lives (a pure function of both)."""
+        """Where the record of ``(kind, config)`` is written (a pure function of both)."""
         _check_kind(kind)
-        return self.root / kind / f"{config_key(kind, _check_config(config))}.json"
+        return self.root / kind / f"{record_name(kind, _check_config(config))}.json"
+
+    def _found(self, kind: str, config: dict) -> Path:
+        """The record's path, or its legacy ``<key>.json`` path when only that one exists."""
+        p = self.path(kind, config)
+        if not p.exists():
+            legacy = p.parent / f"{key_of(p)}.json"
+            if legacy.exists():
+                return legacy
+        return p
 
     def failure_path(self, kind: str, config: dict) -> Path:
-        """Where the failure note of ``(kind, config)`` lives (``<kind>/failed/<key>.json``)."""
+        """Where the failure note of ``(kind, config)`` lives (``<kind>/failed/<name>.json``)."""
         p = self.path(kind, config)
         return p.parent / "failed" / p.name
+
+    def rename_legacy(self, kinds=None) -> list[tuple[Path, Path]]:
+        """Rename records and failure notes named ``<key>.json`` (before readable names) to
+        their readable names; returns ``[(old, new), ...]``. Idempotent: a second call finds
+        nothing to do. A file that is not a valid record is left where it is; a legacy file
+        whose readable twin already exists is removed when both hold the same configuration
+        (the readable one wins: it was written later). ``kinds``: the kinds to touch (default:
+        every kind in the store)."""
+        kinds = self.kinds() if kinds is None else [_check_kind(k) for k in kinds]
+        done = []
+        for kind in kinds:
+            for folder, payload in ((self.root / kind, "result"),
+                                    (self.root / kind / "failed", "failure")):
+                for p in sorted(folder.glob("*.json")):
+                    if not _KEY_RE.match(p.stem):
+                        continue
+                    rec, _ = self._parse(p, kind, payload=payload)
+                    if rec is None:
+                        continue
+                    new = folder / f"{record_name(kind, rec['config'])}.json"
+                    if new.exists():
+                        twin, _ = self._parse(new, kind, payload=payload)
+                        if twin is not None and _canonical(_jsonable(twin["config"])) == \
+                                _canonical(_jsonable(rec["config"])):
+                            p.unlink()
+                        continue
+                    os.replace(p, new)
+                    done.append((p, new))
+        return done
+
+    def kinds(self) -> list[str]:
+        """The record kinds present in the store (its sub-directories), sorted."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and
+                      _KIND_RE.match(p.name))
+
+    def code_versions(self, kind: str | None = None) -> dict[str, int]:
+        """``{code_version: number of records}`` of ``kind`` (or of every kind): which code
+        made the records (``+dirty``: a working tree with uncommitted changes)."""
+        out: dict[str, int] = {}
+        for k in ([kind] if kind is not None else self.kinds()):
+            for rec in self.records(k):
+                v = str(rec.get("meta", {}).get("code_version"))
+                out[v] = out.get(v, 0) + 1
+        return dict(sorted(out.items()))
 
     # -- writing ------------------------------------------------------------------------------
     def _write_atomic(self, path: Path, record: dict) -> None:
@@ -273,7 +352,7 @@ class Store:
         record = _jsonable({
             "schema": SCHEMA,
             "kind": kind,
-            "key": path.stem,
+            "key": key_of(path),
             "config": config,
             payload_name: payload,
             "meta": meta or {},
@@ -316,16 +395,19 @@ class Store:
         if not isinstance(result, dict):
             raise TypeError(f"result must be a dict, got {type(result).__name__}")
         path = self.path(kind, config)
-        if path.exists():
-            rec, why = self._parse(path, kind)
+        found = self._found(kind, config)
+        if found.exists():
+            rec, why = self._parse(found, kind)
             if rec is None:
-                self.quarantine(path, why)
+                self.quarantine(found, why)
             elif _canonical(rec["config"]) != _canonical(_jsonable(config)):
                 raise StoreCollisionError(
-                    f"{path} holds a valid record of another configuration with the same key;"
-                    " refusing to overwrite it")
+                    f"{found} holds a valid record of another configuration with the same "
+                    "key; refusing to overwrite it")
         record = self._make_record(kind, path, config, "result", result, meta)
         self._write_atomic(path, record)
+        if found != path and found.exists():  # the legacy-named copy it replaces
+            found.unlink()
         try:
             self.failure_path(kind, config).unlink()
         except FileNotFoundError:
@@ -381,10 +463,13 @@ class Store:
                 raise ValueError(f"kind {raw['kind']!r} != {kind!r}")
             if not isinstance(raw["config"], dict) or not isinstance(raw[payload], dict):
                 raise ValueError(f"config and {payload} must be JSON objects")
-            if config_key(raw["kind"], raw["config"]) != path.stem:
+            key = key_of(path)
+            if config_key(raw["kind"], raw["config"]) != key:
                 raise ValueError("its configuration does not match the record's key")
-            if raw.get("key", path.stem) != path.stem:
+            if raw.get("key", key) != key:
                 raise ValueError(f"key field {raw.get('key')!r} != file name")
+            if path.stem != key and path.stem != record_name(raw["kind"], raw["config"]):
+                raise ValueError("its file name does not match its configuration")
             return _unjsonable(raw), ""
         except (ValueError, TypeError, KeyError) as exc:
             return None, str(exc)
@@ -404,7 +489,7 @@ class Store:
         (and ``checksum`` from schema 2). A corrupt file gives a ``CorruptRecordWarning``
         naming its path; a record of another configuration is never returned.
         """
-        path = self.path(kind, config)
+        path = self._found(kind, config)
         if not path.exists():
             return None
         rec = self._read(path, kind)
@@ -432,7 +517,7 @@ class Store:
         """``"done"`` (valid record), ``"corrupt"`` (a file that is not a valid record of this
         configuration), ``"failed"`` (no record, a failure note) or ``"pending"`` (neither).
         Never warns: this is the quiet question that ``milr status`` asks."""
-        path = self.path(kind, config)
+        path = self._found(kind, config)
         if path.exists():
             rec, why = self._parse(path, kind)
             if rec is not None and _canonical(_jsonable(rec["config"])) == _canonical(

@@ -156,7 +156,8 @@ def test_sweep_status_and_data_share_one_cache(tmp_path, capsys):
         "config": str(cfg), "kind": "eta_star", "store": str(a), "total": 4, "done": 0,
         "pending": 4, "failed": 0, "corrupt": 0}
     assert main(["sweep", str(cfg), "--store", str(a), "--workers", "1", "-q"]) == 0
-    assert main(["data", "--preset", "smoke", "--store", str(b), "--workers", "1", "-q"]) == 0
+    assert main(["data", "--preset", "smoke", "--store", str(b), "--workers", "1", "-q",
+                 "--allow-dirty"]) == 0
     capsys.readouterr()
     assert main(["status", str(cfg), "--store", str(b), "--list", "done"]) == 0
     out = capsys.readouterr().out
@@ -285,3 +286,21 @@ def test_main_restores_logging_and_signals(tmp_path, capsys):
     after = (list(milr_log.handlers), milr_log.level, milr_log.propagate,
              signal.getsignal(signal.SIGTERM))
     assert after == before  # calling main() from Python leaves no trace
+
+
+def test_data_refuses_a_dirty_tree_and_status_shows_code_versions(tmp_path, capsys,
+                                                                   monkeypatch):
+    import milr.cli as cli
+
+    monkeypatch.setattr(cli, "code_version", lambda: "milr 0.1.0 git abc+dirty")
+    assert main(["data", "--preset", "smoke", "--store", str(tmp_path), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "uncommitted changes" in err and "--allow-dirty" in err
+    assert not any(tmp_path.iterdir())  # nothing was written
+    cfg = ROOT / "configs" / "smoke.yaml"
+    assert main(["sweep", str(cfg), "--store", str(tmp_path), "--workers", "1", "-q"]) == 0
+    capsys.readouterr()
+    assert main(["status", str(cfg), "--store", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    (line,) = [l for l in out.splitlines() if "made by" in l]
+    assert line.strip() == f"made by {Store(tmp_path).code_versions('eta_star').popitem()[0]}: 4"

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from milr.config import config_key
-from milr.store import (CorruptRecordWarning, Store, StoreCollisionError, record_checksum,
-                        run_metadata)
+from milr.store import (CorruptRecordWarning, Store, StoreCollisionError, key_of,
+                        record_checksum, record_name, run_metadata)
 
 CFG = {"dataset": "gaussian", "depth": 2, "width": 64, "seed": 0, "tol": 0.1}
 RES = {"eta_star": 1.25, "eta_min": math.nan, "bracket_hi": math.inf, "status": "converged",
@@ -31,9 +31,10 @@ def same(a, b) -> bool:
 
 def test_round_trip_and_layout(tmp_store):
     path = tmp_store.put("eta_star", CFG, RES, {"device": "cpu"})
-    assert path == tmp_store.root / "eta_star" / f"{config_key('eta_star', CFG)}.json"
+    key = config_key("eta_star", CFG)
+    assert path == tmp_store.root / "eta_star" / f"gaussian_d2_w64_s0_{key}.json"
     rec = tmp_store.get("eta_star", CFG)
-    assert rec["config"] == CFG and rec["kind"] == "eta_star" and rec["key"] == path.stem
+    assert rec["config"] == CFG and rec["kind"] == "eta_star" and rec["key"] == key
     assert rec["result"]["eta_star"] == 1.25
     assert math.isnan(rec["result"]["eta_min"]) and rec["result"]["bracket_hi"] == math.inf
     assert rec["result"]["trials"] == RES["trials"]
@@ -77,7 +78,8 @@ result_values = st.recursive(json_scalars | st.floats(), lambda ch: st.lists(ch,
 def test_round_trip_property(tmp_path_factory, config, result, kind):
     store = Store(tmp_path_factory.mktemp("s"))
     path = store.put(kind, config, result, {"note": "x"})
-    assert path.stem == config_key(kind, config)  # key: a pure function of the config
+    assert key_of(path) == config_key(kind, config)  # key: a pure function of the config
+    assert path.stem == record_name(kind, config)  # and so is the readable name
     rec = store.get(kind, config)
     assert rec is not None
     assert same(rec["config"], config)
@@ -163,7 +165,7 @@ def test_corrupt_record_is_moved_aside_before_rewrite(tmp_store):
 def test_schema_1_records_without_checksum_are_read(tmp_store):
     path = tmp_store.path("eta_star", CFG)
     path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"schema": 1, "kind": "eta_star", "key": path.stem,
+    path.write_text(json.dumps({"schema": 1, "kind": "eta_star", "key": key_of(path),
                                 "config": CFG, "result": {"eta_star": 0.5,
                                                           "eta_min": {"__float__": "nan"}},
                                 "meta": {}}))
@@ -176,11 +178,12 @@ def test_hash_collision_is_never_overwritten(tmp_store, monkeypatch):
 
     monkeypatch.setattr(store_mod, "config_key", lambda kind, cfg: "samekey")
     path = tmp_store.put("eta_star", CFG, RES)
+    other = {**CFG, "tol": 0.2}  # same readable name and (patched) key: one file name
     with pytest.raises(StoreCollisionError, match="another configuration"):
-        tmp_store.put("eta_star", {**CFG, "seed": 1}, {"eta_star": 9.0})
+        tmp_store.put("eta_star", other, {"eta_star": 9.0})
     assert json.loads(path.read_text())["config"] == CFG
     with pytest.warns(CorruptRecordWarning, match="another configuration"):
-        assert tmp_store.get("eta_star", {**CFG, "seed": 1}) is None
+        assert tmp_store.get("eta_star", other) is None
 
 
 # -- atomic writes and failure notes ----------------------------------------------------------
@@ -319,3 +322,46 @@ def test_numpy_and_torch_values_are_stored_as_json(tmp_store):
     got = tmp_store.get("eta_star", CFG)["result"]
     assert got["a"] == 1.5 and got["b"] == [0, 1, 2] and got["d"] is True and got["e"] == 7
     assert got["c"][0] == 1.0 and math.isnan(got["c"][1])
+
+
+# -- readable names and the legacy layout ------------------------------------------------------
+
+def test_legacy_names_are_read_and_renamed_once(tmp_store):
+    """Records named <key>.json (before readable names) are still found; rename_legacy moves
+    them (and failure notes) to readable names, byte for byte, and a second call does nothing."""
+    cfgs = [{**CFG, "seed": s} for s in range(3)]
+    paths = [tmp_store.put("eta_star", c, {**RES, "eta_star": float(i)})
+             for i, c in enumerate(cfgs)]
+    note = tmp_store.put_failure("eta_star", {**CFG, "seed": 9}, "ValueError: x")
+    legacy = []
+    for p in paths + [note]:
+        old = p.parent / f"{key_of(p)}.json"
+        os.replace(p, old)
+        legacy.append((old, p, old.read_bytes()))
+    other = tmp_store.root / "eta_star" / "0123456789abcdef0123.json"  # not a record
+    other.write_text("{}")
+    for i, c in enumerate(cfgs):  # read from the legacy names
+        assert tmp_store.get("eta_star", c)["result"]["eta_star"] == float(i)
+        assert tmp_store.state("eta_star", c) == "done"
+    with pytest.warns(CorruptRecordWarning, match="0123456789abcdef0123"):
+        assert len(tmp_store.load("eta_star")) == 3
+    renamed = tmp_store.rename_legacy()
+    assert sorted(renamed) == sorted((old, new) for old, new, _ in legacy)
+    for old, new, raw in legacy:
+        assert not old.exists() and new.read_bytes() == raw
+    assert tmp_store.rename_legacy() == [] and other.exists()
+    assert [p for p, _ in tmp_store.verify()] == [other]  # left alone, still reported
+    assert tmp_store.get_failure("eta_star", {**CFG, "seed": 9}) is not None
+    # a rewrite of a legacy-named record leaves one file, under the readable name
+    os.replace(paths[0], paths[0].parent / f"{key_of(paths[0])}.json")
+    assert tmp_store.put("eta_star", cfgs[0], RES) == paths[0]
+    assert sorted(p.name for p in paths[0].parent.glob("*.json")) == sorted(
+        [p.name for p in paths] + [other.name])
+
+
+def test_code_versions_count_records_by_code(tmp_store):
+    tmp_store.put("eta_star", CFG, RES, {"code_version": "milr 0.1.0 git a"})
+    tmp_store.put("eta_star", {**CFG, "seed": 1}, RES, {"code_version": "milr 0.1.0 git a"})
+    tmp_store.put("late_lr", CFG, RES, {"code_version": "milr 0.1.0 git b+dirty"})
+    assert tmp_store.code_versions() == {"milr 0.1.0 git a": 2, "milr 0.1.0 git b+dirty": 1}
+    assert tmp_store.code_versions("late_lr") == {"milr 0.1.0 git b+dirty": 1}
