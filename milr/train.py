@@ -418,6 +418,7 @@ class Trainer:
         self.gstep = 0
         self.P: list[torch.Tensor] | None = None
         self.peak_members = self.steps_run = self.member_steps = self.syncs = 0
+        self.label = ""  # names the configuration in the debug log
 
     # ------------------------------------------------------------------ MLP views
     @property
@@ -647,6 +648,8 @@ class Trainer:
                     if bool(act[j]):
                         losses.append(float(l64[j]))
         lmax = float(host["loss_max"][i])
+        log.debug("trial %s seed=%s eta=%.4g -> %s at step %d (score %.3f)", self.label,
+                  m.seed, m.eta, reason, steps, m.best)
         return TrialResult(
             eta=m.eta, success=reason == "reached_threshold", reason=reason, steps=int(steps),
             best_acc=float(m.best), final_acc=float(m.final), loss0=float(host["loss0"][i]),
@@ -740,6 +743,7 @@ def trainer_for(cfg: TrialConfig, data: Dataset | None = None,
                  dtype=torch_dtype(cfg.dtype), device=device, batch_size=cfg.batch_size,
                  **options)
     tr.cfg = cfg
+    tr.label = f"{cfg.dataset} d={cfg.depth} w={cfg.width}"
     tr.flops_per_member_step = step_flops(cfg, data.input_dim, data.n_classes)
     return tr
 
@@ -778,6 +782,4 @@ def run_trial(cfg: TrialConfig, eta: float, seed: int, data: Dataset | None = No
     """
     (r,) = run_trials(cfg, [eta], [seed], data, device, record_curve,
                       models=None if model is None else [model])
-    log.debug("trial %s d=%d w=%d seed=%d eta=%.4g -> %s at step %d (acc %.3f)",
-              cfg.dataset, cfg.depth, cfg.width, seed, eta, r.reason, r.steps, r.best_acc)
     return r

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from milr.search import eta_star
 from milr.store import CorruptRecordWarning, Store
 from milr.sweep import (EtaStarTask, SweepError, SweepFailureWarning, eta_star_tasks,
                         execute_task, load_results, run_eta_star_sweep, run_sweep,
@@ -346,11 +347,9 @@ def test_task_units_group_the_seeds_of_batched_configurations():
 
 
 def test_grouped_sweep_records_equal_one_batched_call_per_configuration(tmp_path):
-    """A unit's records are exactly what eta_star_batched gives for all its seeds in one
+    """A unit's records are exactly what one eta_star call gives for all its seeds in one
     batch; in float64 they also equal one call per seed (no rounding-level difference is
     amplified in these tiny nets), and the metadata says how the unit ran."""
-    from milr.batched import eta_star_batched
-
     tasks = tiny_batched_tasks()
     grouped, single = Store(tmp_path / "grouped"), Store(tmp_path / "single")
     run_sweep(tasks, grouped, progress=False)
@@ -358,7 +357,7 @@ def test_grouped_sweep_records_equal_one_batched_call_per_configuration(tmp_path
     for d in (1, 2):
         mine = [t for t in tasks if t.trial.depth == d]
         with pinned_threads(1):  # as run_sweep runs it
-            direct = eta_star_batched(mine[0].trial, mine[0].search, seeds=[0, 1])
+            direct = eta_star(mine[0].trial, mine[0].search, seeds=[0, 1])
         for t, r in zip(mine, direct):
             rec = grouped.get(t.kind, t.record_config())
             assert rec["result"]["eta_star"] == r.eta_star

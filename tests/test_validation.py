@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from milr.config import SearchConfig, TrialConfig
 from milr.data import CHANCE_ACCURACY, DATASETS, DataNotFoundError
 from milr.sweep import eta_star_tasks, run_sweep
-from milr.validate import (build_tasks, check_datasets, check_datasets_available, check_device,
-                           check_int_list, check_scheduler, check_workers, load_sweep_file,
-                           spec_from_preset, sweep_spec, usable_cores)
+from milr.config import (check_datasets, check_datasets_available, check_device,
+                         check_int_list, check_scheduler, check_workers, usable_cores)
+from milr.validate import build_tasks, load_sweep_file, spec_from_preset, sweep_spec
 
 GRID = {"datasets": ["gaussian"], "depths": [1, 2], "widths": [4, 8], "seeds": [0]}
 
