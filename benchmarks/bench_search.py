@@ -1,10 +1,13 @@
-"""Benchmark: sequential Algorithm 1 (bisect) against the batched k-section eta* search.
+"""Benchmark: sequential Algorithm 1 (bisect) against the batched k-section eta* search, and
+the hand-written backward against ``torch.func``, all on the one trainer (milr.train).
 
 On one grid of configurations, with the same trial rules and seeds, this runs in one process,
 configuration by configuration, the sequential search (``milr.search.eta_star`` with
-``method="bisect"``: one trial at a time through ``milr.train.run_trial``) and the batched
-search (``milr.batched.eta_star_batched``: all seeds and several rates per round trained
-together), and prints and saves as JSON, per configuration:
+``method="bisect"``, one seed after the other: one trial at a time), the batched search
+(``method="batched"``: all seeds and several rates per round trained together) and the same
+batched search with the trainer's gradients through ``torch.func`` (``generic=True``: vmap of
+grad of functional_call over the MLP as an ``nn.Module``), and prints and saves as JSON, per
+configuration:
 
 * the two eta* per seed and their distance in final bracket steps (``log(a/b) / log(1+tol)``;
   "agree" means at most one step), and whether the outcomes both searches saw are monotone
@@ -12,7 +15,9 @@ together), and prints and saves as JSON, per configuration:
   successes: see README, Performance);
 * wall time and process CPU time of each search and their ratios (CPU time is less
   disturbed by other jobs on a shared machine; both are reported);
-* training throughput: matrix-product FLOPs of the SGD steps done (``milr.batched.step_flops``
+* the wall and CPU time of the ``torch.func`` variant over the hand-written one
+  (``ratio_func_wall``: above 1.15 means the generic path is more than 15 % slower);
+* training throughput: matrix-product FLOPs of the SGD steps done (``milr.train.step_flops``
   per trial step; evaluation work not counted) per second of wall time, against a plain
   ``torch.mm`` running the same shapes (the products of one SGD step of one trial) and a large
   square ``torch.mm`` on the same device, dtype and threads (the machine's matmul rate).
@@ -39,12 +44,12 @@ from pathlib import Path
 
 import torch
 
-from milr.batched import eta_star_batched, step_flops
 from milr.config import SearchConfig, TrialConfig
 from milr.data import available_datasets, load_dataset
 from milr.presets import get_preset
 from milr.search import eta_star, non_interval
-from milr.train import torch_dtype
+from milr.store import _cpu_name, code_version
+from milr.train import run_trials, step_flops, torch_dtype
 
 HERE = Path(__file__).resolve().parent
 
@@ -121,14 +126,15 @@ def run_config(ds, depth, width, trial_kw, search_kw, seeds, args, device, data)
            "flops_per_trial_step": flops_step}
     stats = {}
 
-    def batched():
+    def batched(generic=False):
         if not args.per_seed:
-            return eta_star_batched(cfg, bat_search, seeds, data=data, device=device,
-                                    stats=stats)
+            return eta_star(cfg, bat_search, seeds, data=data, device=device, stats=stats,
+                            generic=generic)
         out = []  # one search per seed, as a sweep of (configuration, seed) tasks runs it
         for s in seeds:
             st = {}
-            out += eta_star_batched(cfg, bat_search, [s], data=data, device=device, stats=st)
+            out += eta_star(cfg, bat_search, [s], data=data, device=device, stats=st,
+                            generic=generic)
             for key, v in st.items():
                 stats[key] = stats.get(key, 0) + v
         return out
@@ -138,9 +144,14 @@ def run_config(ds, depth, width, trial_kw, search_kw, seeds, args, device, data)
                trials_batched=sum(r.n_trials for r in bat), wall_batched=w_b, cpu_batched=c_b,
                member_steps_batched=stats["member_steps"], batched_steps=stats["steps_run"],
                gflops_batched=stats["flops"] / w_b / 1e9)
+    if not args.no_func:
+        stats.clear()
+        fun, w_f, c_f = clocked(lambda: batched(generic=True), device)
+        row.update(eta_star_func=[r.eta_star for r in fun], wall_func=w_f, cpu_func=c_f,
+                   ratio_func_wall=w_f / w_b, ratio_func_cpu=c_f / c_b if c_b > 0 else math.nan)
     if not args.no_sequential:
-        seq, w_s, c_s = clocked(lambda: eta_star(cfg, seq_search, seeds, data=data,
-                                                 device=str(device)), device)
+        seq, w_s, c_s = clocked(lambda: [r for s in seeds for r in eta_star(
+            cfg, seq_search, [s], data=data, device=str(device))], device)
         steps_s = sum(t["steps"] for r in seq for t in r.trials)
         devs, nonmono = [], []
         for a, b in zip(seq, bat):
@@ -161,17 +172,16 @@ def run_config(ds, depth, width, trial_kw, search_kw, seeds, args, device, data)
 
 
 def warm_up(grid, trial_kw, dtype, device) -> None:
-    """One short trial through each trainer first, so neither search pays one-time costs
-    (library initialisation, first-call kernel selection) inside its timing."""
-    from milr.batched import run_trials_batched
-    from milr.train import run_trial
-
+    """A few short trials first, so no variant pays one-time costs (library initialisation,
+    first-call kernel selection, torch.func tracing) inside its timing."""
     ds, d, w = grid[0]
     cfg = TrialConfig(dataset=ds, depth=d, width=w, dtype=dtype,
                       **{**trial_kw, "step_budget": 5, "eval_every": 5})
     data = load_dataset(ds)
-    run_trial(cfg, 1e-3, 0, data=data, device=str(device))
-    run_trials_batched(cfg, [1e-3, 2e-3], [0, 1], data=data, device=device)
+    run_trials(cfg, [1e-3], [0], data=data, device=device)
+    run_trials(cfg, [1e-3, 2e-3], [0, 1], data=data, device=device)
+    eta_star(cfg, SearchConfig(eta_lo=1.0, eta_hi=2.0, method="batched"), [0], data=data,
+             device=device, generic=True)
 
 
 def fmt_row(r) -> str:
@@ -182,7 +192,9 @@ def fmt_row(r) -> str:
         s += (f"eta* seq {eta(r['eta_star_seq'])} bat {eta(r['eta_star_batched'])} "
               f"[steps {devs}{' nm' if any(r['non_monotone']) else ''}]  "
               f"wall {r['wall_seq']:7.1f}s {r['wall_batched']:6.1f}s x{r['ratio_wall']:5.2f}  "
-              f"cpu x{r['ratio_cpu']:5.2f}  GFLOP/s {r['gflops_seq']:6.1f} "
+              f"cpu x{r['ratio_cpu']:5.2f}  "
+              + (f"func/hand wall x{r['ratio_func_wall']:4.2f}  " if "wall_func" in r else "")
+              + f"GFLOP/s {r['gflops_seq']:6.1f} "
               f"{r['gflops_batched']:6.1f} (mm {r['gflops_mm_same_shapes']:6.1f})")
     else:
         s += (f"eta* bat {eta(r['eta_star_batched'])} wall {r['wall_batched']:.1f}s "
@@ -208,6 +220,12 @@ def summarise(rows, device, big_rate):
             seeds_disagree_monotone=sum(1 for r in timed for a, n in
                                         zip(r["agree"], r["non_monotone"]) if not a and not n),
         )
+        funcs = [r for r in timed if "ratio_func_wall" in r]
+        if funcs:
+            out.update(ratio_func_wall_total=sum(r["wall_func"] for r in funcs)
+                       / sum(r["wall_batched"] for r in funcs),
+                       ratio_func_wall_geomean=gm([r["ratio_func_wall"] for r in funcs]),
+                       ratio_func_cpu_geomean=gm([r["ratio_func_cpu"] for r in funcs]))
         target = 20.0 if device.type == "cuda" else 5.0
         misses = [f"d={r['depth']} w={r['width']}: x{r['ratio_wall']:.2f}" for r in timed
                   if r["width"] <= 512 and r["ratio_wall"] < target]
@@ -236,6 +254,8 @@ def main(argv=None) -> int:
                     "(configuration, seed) calls it) instead of all seeds in one batch")
     ap.add_argument("--no-sequential", action="store_true",
                     help="time the batched search only (e.g. the paper grid on a GPU)")
+    ap.add_argument("--no-func", action="store_true",
+                    help="skip the torch.func variant of the batched search")
     ap.add_argument("--max-configs", type=int, default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -275,12 +295,7 @@ def main(argv=None) -> int:
     }
     if device.type == "cuda":
         meta["gpu"] = torch.cuda.get_device_name(device)
-    try:
-        from milr.store import _cpu_name, code_version
-
-        meta["cpu"], meta["code_version"] = _cpu_name(), code_version()
-    except Exception:  # noqa: BLE001 - metadata only
-        pass
+    meta["cpu"], meta["code_version"] = _cpu_name(), code_version()
     print(f"bench_search: {len(grid)} configurations, seeds {seeds}, device {device}, "
           f"{args.dtype}, {torch.get_num_threads()} threads, k={args.k}; large mm "
           f"{big_rate / 1e9:.1f} GFLOP/s", flush=True)

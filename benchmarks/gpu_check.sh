@@ -3,7 +3,8 @@
 # GPU (a session that is lent the project's H200 has ~15 device minutes: run this once, with a
 # 600 s limit, and copy the JSON files from $OUT into benchmarks/results/).
 #
-#   1. CUDA tests of milr.batched (equivalence with the CPU, no host-device sync per step);
+#   1. CUDA tests of the trainer and search (equivalence with the CPU, no host-device sync per
+#      step);
 #   2. bench_search.py --device cuda: sequential vs batched on the default grid (target >= 20x);
 #   3. bench_search.py --grid paper --device cuda --no-sequential: the paper grid, batched only,
 #      timed configuration by configuration (JSON written after every configuration, so a run
@@ -40,8 +41,8 @@ limit() { local t=$(( $1 )); (( t < 1 )) && t=1; echo $t; }
   'available', torch.cuda.is_available())"; } | tee "$OUT/machine.txt"
 
 echo "== 1. CUDA tests ($(left) s left)"
-timeout "$(limit "$(left) / 6")" $PY -m pytest -q -p no:cacheprovider tests/test_batched.py \
-  2>&1 | tee "$OUT/tests_batched.log" | tail -5 || rc=1
+timeout "$(limit "$(left) / 6")" $PY -m pytest -q -p no:cacheprovider tests/test_train.py \
+  tests/test_search.py 2>&1 | tee "$OUT/tests_trainer.log" | tail -5 || rc=1
 
 echo "== 2. sequential vs batched, default grid ($(left) s left)"
 timeout "$(limit "$(left) / 2")" $PY benchmarks/bench_search.py --device "$DEVICE" \

@@ -1,7 +1,7 @@
 """Time the eta* half of ``make data`` (a preset's main grid) with each search, same conditions.
 
-The issue behind ``milr.batched`` asks that ``make data PRESET=quick`` with the batched search
-be measured against the sequential Algorithm 1 on the same machine. This script runs the
+``make data PRESET=quick`` with the batched search, measured against the sequential
+Algorithm 1 on the same machine (both on the one trainer, ``milr.train``). This script runs the
 preset's eta* sweep (the same tasks as ``configs/<preset>.yaml``) into fresh temporary stores,
 one variant after the other, in the same conditions (``--workers``, default ``auto``, one torch
 thread per task, as ``make data`` runs it):

@@ -31,8 +31,7 @@ from .config import SearchConfig, TrialConfig, check_int
 from .data import DATASETS, DataNotFoundError
 from .sharpness import SharpnessTask, sharpness_tasks
 from .store import Store, StoreCollisionError, code_version
-from .sweep import (SweepError, eta_star_tasks, run_eta_star_sweep, run_sweep, sweep_status,
-                    task_label)
+from .sweep import SweepError, eta_star_tasks, run_sweep, sweep_status, task_label
 from .validate import build_tasks, load_sweep_file, spec_from_preset
 
 log = logging.getLogger("milr")
@@ -365,9 +364,8 @@ def cmd_data(args) -> int:
                          " records would not say which code made them; commit first, or pass "
                          "--allow-dirty")
     t0 = time.perf_counter()
-    df = run_eta_star_sweep(tasks, Store(args.store), recompute=args.recompute,
-                            device=args.device or "cpu", progress=not args.quiet,
-                            **_run_kwargs(args))
+    df = run_sweep(tasks, Store(args.store), recompute=args.recompute,
+                   device=args.device or "cpu", progress=not args.quiet, **_run_kwargs(args))
     print(f"eta*: {len(df)} of {len(tasks)} records in {time.perf_counter() - t0:.1f} s")
     ok = len(df) == len(tasks)
     # lambda_1 at initialisation of the same networks (the preset's "sharpness" options)

@@ -263,7 +263,8 @@ class SearchConfig:
         eta_min and flags outcomes that are not an interval.
     max_expand: how many times u may be multiplied by ``scan_factor`` when u itself succeeds.
     max_trials: hard cap on trials per search.
-    method: ``"bisect"`` (sequential, Algorithm 1) or ``"batched"`` (see milr.batched).
+    method: ``"bisect"`` (Algorithm 1: one trial at a time per seed, k = 1) or ``"batched"``
+        (k-section, the expansion and, on CUDA, the scan of a seed at once; see milr.search).
     k: batched search only: at most this many learning rates per refinement round (k-section;
         ``k = 1`` is bisection), in [1, 64]. Default 3 (our choice: on the CPU every extra
         rate costs its compute; see README, Performance). Left out of :meth:`to_dict` for
@@ -306,8 +307,8 @@ class SearchConfig:
 def config_key(kind: str, config: dict) -> str:
     """Stable key of a result: sha256 of the canonical JSON of ``(kind, config)``, 20 hex chars.
 
-    A pure function of the configuration (Cohen et al.'s edge-of-stability code keys results
-    the same way), so a sweep can be stopped and resumed without losing work.
+    A pure function of the configuration, so a sweep can be stopped and resumed without losing
+    work (the record's file name starts with readable parts, :func:`milr.store.record_name`).
     """
     blob = json.dumps({"kind": kind, "config": config}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:20]

@@ -17,7 +17,7 @@ PRESETS: dict[str, dict] = {
         "seeds": [0, 1, 2],
         "trial": {"batch_size": 64, "step_budget": 400, "eval_every": 25, "n_val": 1000,
                   "input_lr_scale": 0.01},
-        # batched k-section search (milr.batched), 2 rates per round: on 2 CPU cores extra
+        # batched k-section search (milr.search), 2 rates per round: on 2 CPU cores extra
         # rates cost their compute (README, Performance); method="bisect" is Algorithm 1
         "search": {"eta_lo": 1e-3, "eta_hi": 30.0, "tol": 0.1, "scan_factor": 4.0,
                    "method": "batched", "k": 2},

@@ -332,6 +332,7 @@ def eta_star(
     stats: dict | None = None,
     max_members: int | None = None,
     scan_window: int | None = None,
+    generic: bool = False,
 ) -> list[EtaStarResult]:
     """Estimate eta* of configuration ``trial`` for each seed (the paper's Algorithm 1 and our
     scan, see the module docstring); the one entry point of every method.
@@ -349,6 +350,8 @@ def eta_star(
     scan_window: ``method="batched"``, ``scan="top-down"`` only: scan points of a seed run
         at once (default: all on CUDA, where extra members are nearly free; 1 on the CPU).
         It changes the cost and the cancelled log entries, never the bracket.
+    generic: train through ``torch.func`` (:class:`milr.train.StackedModule`) instead of the
+        hand-written backward (``make bench`` measures both; results agree to rounding).
 
     Returns one :class:`EtaStarResult` per seed, in the order given. Raises ``ValueError``
     for an empty, repeating or negative seed list, or a bad ``scan_window``.
@@ -365,7 +368,7 @@ def eta_star(
         window = scan_window
         if window is None:
             window = None if torch.device(device).type == "cuda" else 1
-    batch = trainer_for(trial, data, device, max_members=max_members)
+    batch = trainer_for(trial, data, device, generic=generic, max_members=max_members)
     out = k_section(batch, search, seeds, k, window, sequential, on_trial)
     if stats is not None:
         stats.update(steps_run=batch.steps_run, member_steps=batch.member_steps,

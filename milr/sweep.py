@@ -51,8 +51,7 @@ from .data import INPUT_DIMS, load_dataset
 from .search import eta_star
 from .store import Store, run_metadata
 
-__all__ = ["EtaStarTask", "eta_star_tasks", "run_sweep", "load_results", "run_eta_star_sweep",
-           "load_eta_star", "execute_task", "execute_tasks", "task_units", "largest_first",
+__all__ = ["EtaStarTask", "eta_star_tasks", "run_sweep", "load_results", "execute_task", "execute_tasks", "task_units", "largest_first",
            "work_hint", "sweep_status", "SweepStatus", "SweepError",
            "SweepFailureWarning", "unique_tasks", "task_label", "BACKENDS"]
 
@@ -728,14 +727,3 @@ def load_results(tasks: list, store: Store | None = None) -> pd.DataFrame:
     if len(df) and {"depth", "width"} <= set(df.columns):
         df["dw"] = df["depth"] * df["width"]
     return df
-
-
-def run_eta_star_sweep(tasks, store=None, recompute=False, device="cpu", progress=True,
-                       **kwargs):
-    """:func:`run_sweep` for eta* tasks (kept as the name the notebooks use)."""
-    return run_sweep(tasks, store, recompute, device, progress, **kwargs)
-
-
-def load_eta_star(tasks, store=None):
-    """:func:`load_results` for eta* tasks."""
-    return load_results(tasks, store)

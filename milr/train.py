@@ -283,13 +283,15 @@ class StackedModule:
     ``module``: the template (its own parameters are never changed); its parameters are
     grouped into layers by ``module.layers`` (parameter ``p`` belongs to the layer whose
     ``parameters()`` contain it). ``loss_fn(outputs, y) -> scalar`` (default mean
-    cross-entropy). Members that share a minibatch are vmapped together.
+    cross-entropy). ``init(seed, dtype, device) -> [tensor, ...]`` (optional): the initial
+    parameters of a member added by seed. Members that share a minibatch are vmapped together.
     """
 
-    def __init__(self, module: torch.nn.Module, loss_fn: Callable = F.cross_entropy):
+    def __init__(self, module: torch.nn.Module, loss_fn: Callable = F.cross_entropy,
+                 init: Callable | None = None):
         from torch.func import functional_call, grad_and_value, vmap
 
-        self.module = module
+        self.module, self._init = module, init
         self.names = [n for n, _ in module.named_parameters()]
         layer_params = [{id(p) for p in layer.parameters()} for layer in module.layers]
         self.layer_of = []
@@ -310,6 +312,11 @@ class StackedModule:
 
     def of_model(self, model) -> list[torch.Tensor]:
         return [p.detach() for p in model.parameters()]
+
+    def init(self, seed: int, dtype, device) -> list[torch.Tensor]:
+        if self._init is None:
+            raise ValueError("this StackedModule has no init: add members with init=...")
+        return self._init(seed, dtype, device)
 
     def outputs(self, P, x):
         return self._out(list(P), x)
@@ -727,10 +734,13 @@ class Trainer:
 
 
 def trainer_for(cfg: TrialConfig, data: Dataset | None = None,
-                device: str | torch.device = "cpu", **options) -> Trainer:
+                device: str | torch.device = "cpu", generic: bool = False,
+                **options) -> Trainer:
     """The :class:`Trainer` of eta* trials of ``cfg`` (MLP, mean cross-entropy, the fixed
     validation subset, :class:`StopRules` of ``cfg``, seed-derived initialisation and data
-    order). ``options`` go to :class:`Trainer` (``record_curve``, ``max_members``, ...).
+    order). ``generic``: gradients through :class:`StackedModule` (``torch.func``) instead of
+    the hand-written :class:`StackedMLP` (same trials; ``make bench`` compares their speed).
+    ``options`` go to :class:`Trainer` (``record_curve``, ``max_members``, ...).
     Raises ``TypeError`` if ``cfg`` is not a :class:`milr.config.TrialConfig`."""
     if not isinstance(cfg, TrialConfig):
         raise TypeError(f"cfg={cfg!r} must be a milr.config.TrialConfig")
@@ -738,6 +748,9 @@ def trainer_for(cfg: TrialConfig, data: Dataset | None = None,
     xv, yv = val_subset(data, cfg.n_val)
     dims = [data.input_dim] + [cfg.width] * cfg.depth + [data.n_classes]
     net = StackedMLP(dims, train_input=cfg.input_lr_scale > 0)
+    if generic:
+        net = StackedModule(make_mlp(dims[0], cfg.width, cfg.depth, dims[-1], 0,
+                                     torch_dtype(cfg.dtype), device), F.cross_entropy, net.init)
     tr = Trainer(net, data.x_train, data.y_train, xv, yv, StopRules.of(cfg),
                  layer_lr_scales(cfg.depth, cfg.input_lr_scale),
                  dtype=torch_dtype(cfg.dtype), device=device, batch_size=cfg.batch_size,

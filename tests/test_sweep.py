@@ -15,8 +15,7 @@ import pytest
 from milr.search import eta_star
 from milr.store import CorruptRecordWarning, Store
 from milr.sweep import (EtaStarTask, SweepError, SweepFailureWarning, eta_star_tasks,
-                        execute_task, load_results, run_eta_star_sweep, run_sweep,
-                        sweep_status, task_units, largest_first, work_hint, pinned_threads)
+                        execute_task, load_results, run_sweep, sweep_status, task_units, largest_first, work_hint, pinned_threads)
 from milr.validate import build_tasks, load_sweep_file, spec_from_preset
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -190,7 +189,7 @@ def test_one_task_protocol_and_metadata(tmp_store):
     threads_before = torch.get_num_threads()
     torch.set_num_threads(2)  # the caller's setting; the task itself runs on 1 thread
     try:
-        df = run_eta_star_sweep([task], tmp_store, progress=False)
+        df = run_sweep([task], tmp_store, progress=False)
         assert torch.get_num_threads() == 2  # the pinning is undone afterwards
     finally:
         torch.set_num_threads(threads_before)

@@ -382,3 +382,19 @@ def test_nan_rows_after_a_huge_step_are_wrong(gaussian):
     r = run_trial(c, 1e-6, 0, data=bad, model=m)
     assert (r.success, r.reason, r.steps) == (False, "diverged_nonfinite", 1)
     assert r.final_acc < 0.5
+
+
+def test_generic_torch_func_path_follows_the_reference(gaussian):
+    """The module-generic gradients (torch.func over the MLP as an nn.Module) give the same
+    trials as the reference loop in float64, and the same eta* as the hand-written path."""
+    c = cfg(dtype="float64", depth=2, width=16, step_budget=40, eval_every=10)
+    tr = trainer_for(c, gaussian, generic=True, record_curve=True)
+    etas = [0.3, 3.0, 40.0]
+    uids = [tr.add(e, 0) for e in etas]
+    out = tr.run()
+    for e, u in zip(etas, uids):
+        a = reference_trial(c, e, 0, gaussian, record_curve=True)
+        assert (a.reason, a.steps, a.curve) == (out[u].reason, out[u].steps, out[u].curve)
+    s = SearchConfig(eta_lo=0.1, eta_hi=30.0, tol=0.3, method="batched")
+    hand, func = (eta_star(c, s, [0, 1], data=gaussian, generic=g) for g in (False, True))
+    assert [r.eta_star for r in hand] == [r.eta_star for r in func]
