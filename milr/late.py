@@ -107,10 +107,11 @@ def _trainer(model, x_train, y_train, order, x_val, y_val, lr_scales, blowup_fac
 
 class _FromState:
     """The batch protocol of :func:`milr.search.k_section` for trials that all start from one
-    state and see one stream: ``add(eta, seed, tag)`` ignores the seed."""
+    state and see one stream (``add(eta, seed, tag)`` ignores the seed); ``outcome(result)``
+    turns each finished trainer result into what the search sees."""
 
-    def __init__(self, trainer: Trainer, init: list):
-        self.trainer, self.init = trainer, init
+    def __init__(self, trainer: Trainer, init: list, outcome: Callable):
+        self.trainer, self.init, self.outcome = trainer, init, outcome
 
     def add(self, eta, seed=None, tag=None):
         return self.trainer.add(eta, init=self.init, stream="order", tag=tag)
@@ -119,7 +120,8 @@ class _FromState:
         return self.trainer.cancel(uid)
 
     def advance(self):
-        return self.trainer.advance()
+        return [(u, r if r.reason == "cancelled" else self.outcome(r), tag)
+                for u, r, tag in self.trainer.advance()]
 
     @property
     def idle(self):
@@ -288,14 +290,8 @@ def late_max_lr(
               else float(score_start))
     tr = _trainer(model, x_train, y_train, order, x_val, y_val, lr_scales, blowup_factor,
                   eval_every, loss_fn, score_fn, record_curve=True)
-
-    class _Late(_FromState):
-        def advance(self):
-            return [(u, _late_result(r, score0, delta, window), tag)
-                    if r.reason != "cancelled" else (u, r, tag)
-                    for u, r, tag in self.trainer.advance()]
-
-    batch = _Late(tr, tr.net.of_model(model))
+    batch = _FromState(tr, tr.net.of_model(model),
+                       lambda r: _late_result(r, score0, delta, window))
     (res,) = k_section(batch, search, [int(seed)], 1, 1, sequential=True)
     return res
 

@@ -352,10 +352,6 @@ class _Member:
     curve: list = field(default_factory=list)
 
 
-def _nan_max(t: torch.Tensor) -> torch.Tensor:
-    return torch.where(torch.isnan(t), -math.inf, t)
-
-
 class Trainer:
     """Members of one network shape, any learning rates, initial states and data streams,
     trained together by plain SGD with per-layer rates (see the module docstring).
