@@ -230,8 +230,7 @@ def _finish_and_check(cfg, store, before: dict[str, bytes]):
 
 
 def test_sigint_keeps_finished_records_and_rerun_completes(tmp_path):
-    # enough tasks that the sweep is still running when the signal lands (each takes ~0.2 s)
-    cfg, store = sweep_file(tmp_path, range(48)), tmp_path / "s"
+    cfg, store = sweep_file(tmp_path, range(12)), tmp_path / "s"
     proc = _start(cfg, store, "--workers", "1")
     _wait_for_records(store, 2, proc)
     before = {str(p): p.read_bytes() for p in (store / "eta_star").glob("*.json")}
@@ -243,7 +242,7 @@ def test_sigint_keeps_finished_records_and_rerun_completes(tmp_path):
 
 
 def test_sigkill_of_a_pool_sweep_keeps_records_and_leaves_no_orphans(tmp_path):
-    cfg, store = sweep_file(tmp_path, range(48)), tmp_path / "s"
+    cfg, store = sweep_file(tmp_path, range(16)), tmp_path / "s"
     proc = _start(cfg, store, "--workers", "2")
     workers: list[int] = []
     try:

@@ -365,3 +365,20 @@ def test_code_versions_count_records_by_code(tmp_store):
     tmp_store.put("late_lr", CFG, RES, {"code_version": "milr 0.1.0 git b+dirty"})
     assert tmp_store.code_versions() == {"milr 0.1.0 git a": 2, "milr 0.1.0 git b+dirty": 1}
     assert tmp_store.code_versions("late_lr") == {"milr 0.1.0 git b+dirty": 1}
+
+
+def test_rename_records_tool_is_idempotent(tmp_store):
+    import subprocess
+    import sys
+
+    path = tmp_store.put("eta_star", CFG, RES)
+    legacy = path.parent / f"{key_of(path)}.json"
+    os.replace(path, legacy)
+    tool = Path(__file__).resolve().parent.parent / "tools" / "rename_records.py"
+    run = lambda: subprocess.run([sys.executable, str(tool), str(tmp_store.root)],  # noqa: E731
+                                 capture_output=True, text=True, timeout=120)
+    first = run()
+    assert first.returncode == 0 and f"-> {path.name}" in first.stdout
+    assert path.exists() and not legacy.exists()
+    second = run()
+    assert second.returncode == 0 and second.stdout == "" and "0 record(s)" in second.stderr
