@@ -30,12 +30,14 @@ error, see :meth:`milr.store.Store.put_failure`) and retried by the next run.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import inspect
 import logging
 import os
 import math
 import signal
+import threading
 import time
 import traceback
 import warnings
@@ -45,7 +47,7 @@ from typing import Callable, Iterable
 import pandas as pd
 
 from .config import SearchConfig, TrialConfig, check_float, check_int, config_key
-from .store import Store, run_metadata
+from .store import Store, describe_claim, lease_seconds, run_metadata
 
 __all__ = ["EtaStarTask", "eta_star_tasks", "run_sweep", "load_results", "run_eta_star_sweep",
            "load_eta_star", "execute_task", "execute_tasks", "task_units", "largest_first",
@@ -414,13 +416,75 @@ def _bar(total: int | None, enabled: bool, desc: str, position: int = 0, leave: 
                 smoothing=0.1)
 
 
-class _Recorder:
-    """Writes each finished task's record (or failure note) from the submitting process."""
+class _Claims:
+    """The claims (:meth:`milr.store.Store.claim`) this sweep holds, kept fresh by a
+    heartbeat thread (every ``lease_s / 4`` s) and all released when the sweep stops."""
 
-    def __init__(self, store: Store, backend: str, bar, errors: str):
+    def __init__(self, store: Store, lease_s: float):
+        self.store, self.lease_s = store, lease_s
+        self.held: dict = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "_Claims":
+        self._thread = threading.Thread(target=self._beat, name="milr-claims", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        with self._lock:
+            held, self.held = list(self.held.values()), {}
+        for claim in held:
+            with contextlib.suppress(OSError):
+                self.store.release_claim(claim)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.lease_s / 4):
+            with self._lock:
+                held = list(self.held.items())
+            for key, claim in held:
+                with contextlib.suppress(OSError):
+                    if not self.store.refresh_claim(claim):
+                        log.warning("lost the claim on %s (taken over as stale); another "
+                                    "sweep may compute it too", claim.path)
+
+    def take(self, task) -> bool:
+        """Claim ``task``; False if another live process holds it."""
+        claim = self.store.claim(task.kind, task.record_config(), self.lease_s)
+        if claim is None:
+            return False
+        with self._lock:
+            self.held[task_key(task)] = claim
+        return True
+
+    def release(self, task) -> None:
+        with self._lock:
+            claim = self.held.pop(task_key(task), None)
+        if claim is not None:
+            self.store.release_claim(claim)
+
+    def holder(self, task) -> str:
+        """Who holds ``task``'s claim (``host:pid since ...``), for messages."""
+        got = self.store.claim_holder(task.kind, task.record_config())
+        return "nobody now" if got is None else describe_claim(got[0])
+
+
+class _Recorder:
+    """Writes each finished task's record (or failure note) from the submitting process, then
+    releases its claim."""
+
+    def __init__(self, store: Store, backend: str, bar, errors: str, claims: _Claims,
+                 recompute: bool = False, group_seeds: bool = True):
         self.store, self.backend, self.bar, self.errors = store, backend, bar, errors
+        self.claims, self.recompute, self.group_seeds = claims, recompute, group_seeds
         self.failures: list[tuple[str, str]] = []
         self.n_done = 0
+        self.by_others: list[str] = []        # labels of tasks another sweep finished
+        self.failed_by_others: list[str] = []  # ... or failed while this one waited
 
     def __call__(self, task, payload: dict) -> None:
         """Record one task's payload (a record, or a failure note)."""
@@ -428,19 +492,23 @@ class _Recorder:
         meta["backend"] = self.backend
         label = task_label(task)
         cfg = task.record_config()
-        if payload["ok"]:
-            self.store.put(task.kind, cfg, payload["result"], meta)
-            self.n_done += 1
-            res = payload["result"]
-            short = ", ".join(f"{k}={res[k]:.4g}" for k in ("eta_star", "lambda_1", "sharpness")
-                              if isinstance(res.get(k), float))
-            log.info("done %s in %.1f s %s", label, meta.get("wall_time", math.nan), short)
-            self.bar.set_postfix_str(f"{label} {short}"[-60:], refresh=False)
-        else:
-            self.store.put_failure(task.kind, cfg, payload["error"], meta,
-                                   tb=payload.get("traceback"))
-            self.failures.append((label, payload["error"]))
-            log.error("failed %s: %s", label, payload["error"])
+        try:
+            if payload["ok"]:
+                self.store.put(task.kind, cfg, payload["result"], meta)
+                self.n_done += 1
+                res = payload["result"]
+                short = ", ".join(f"{k}={res[k]:.4g}" for k in ("eta_star", "lambda_1",
+                                                                 "sharpness")
+                                  if isinstance(res.get(k), float))
+                log.info("done %s in %.1f s %s", label, meta.get("wall_time", math.nan), short)
+                self.bar.set_postfix_str(f"{label} {short}"[-60:], refresh=False)
+            else:
+                self.store.put_failure(task.kind, cfg, payload["error"], meta,
+                                       tb=payload.get("traceback"))
+                self.failures.append((label, payload["error"]))
+                log.error("failed %s: %s", label, payload["error"])
+        finally:
+            self.claims.release(task)
         self.bar.update(1)
 
     def unit(self, tasks: list, payloads: list[dict]) -> None:
@@ -455,29 +523,115 @@ class _Recorder:
                              f"{payload.get('traceback', '')}", self.failures)
 
 
-def _run_serial(units, rec: _Recorder, device, torch_threads, recompute, progress):
-    for unit in units:
-        todo = []
-        for task in unit:
-            if not recompute and rec.store.state(task.kind, task.record_config()) == "done":
-                rec.bar.update(1)  # finished meanwhile by another sweep sharing the store
-                log.info("skip %s: finished by another process", task_label(task))
-            else:
-                todo.append(task)
-        if not todo:
+class _Source:
+    """Hands a backend the next unit to compute, with each of its tasks claimed.
+
+    Before a task is computed: finished (by another sweep sharing the store)? then it is
+    skipped; claimed by another live process? then it is set aside, and looked at again every
+    ``poll_s`` seconds until that process has finished it (skipped), failed it (reported, not
+    retried: the next run retries it) or died or let its lease go stale (then it is claimed
+    and computed here). A unit whose tasks are partly held elsewhere runs with the rest.
+    """
+
+    def __init__(self, units, rec: _Recorder):
+        self.queue = collections.deque(units)
+        self.claimed: collections.deque = collections.deque()  # units of claimed tasks
+        self.rec = rec
+        self.poll_s = min(1.0, rec.claims.lease_s / 10)
+        self.deferred: list[tuple] = []  # (task, time it was set aside)
+        self._next_poll = 0.0
+        self._waiting_said = False
+
+    @property
+    def finished(self) -> bool:
+        """Nothing left to hand out, now or later."""
+        return not self.queue and not self.claimed and not self.deferred
+
+    def _done_elsewhere(self, task) -> bool:
+        if self.rec.store.state(task.kind, task.record_config()) != "done":
+            return False
+        self.rec.by_others.append(task_label(task))
+        self.rec.bar.update(1)
+        log.info("skip %s: finished by another sweep", task_label(task))
+        return True
+
+    def _ready(self, task, since: float | None = None) -> bool:
+        """Claim ``task`` if it still needs computing here (``since``: set aside then)."""
+        if (since is not None or not self.rec.recompute) and self._done_elsewhere(task):
+            return False
+        if since is not None:  # did its owner fail it while we waited? then leave it
+            note = self.rec.store.failure_path(task.kind, task.record_config())
+            with contextlib.suppress(OSError):
+                if note.stat().st_mtime >= since and not self.rec.store.claim_holder(
+                        task.kind, task.record_config()):
+                    self.rec.failed_by_others.append(task_label(task))
+                    self.rec.bar.update(1)
+                    log.warning("%s failed in another sweep; not retried now (the next run "
+                                "retries it)", task_label(task))
+                    return False
+        if not self.rec.claims.take(task):
+            if since is None:
+                log.info("skip %s for now: being computed by %s", task_label(task),
+                         self.rec.claims.holder(task))
+            self.deferred.append((task, since if since is not None else time.time()))
+            return False
+        if (since is not None or not self.rec.recompute) and self._done_elsewhere(task):
+            self.rec.claims.release(task)  # finished between the check and the claim
+            return False
+        return True
+
+    def take(self) -> list | None:
+        """The next unit (a list of claimed tasks), or None if none can start now."""
+        if self.claimed:
+            return self.claimed.popleft()
+        while self.queue:
+            ready = [t for t in self.queue.popleft() if self._ready(t)]
+            if ready:
+                return ready
+        if self.deferred and time.monotonic() >= self._next_poll:
+            self._next_poll = time.monotonic() + self.poll_s
+            waiting, self.deferred = self.deferred, []
+            ready = [t for t, since in waiting if self._ready(t, since)]
+            self.claimed.extend(task_units(ready, self.rec.group_seeds))
+            if self.claimed:
+                return self.claimed.popleft()
+            if self.deferred and not self._waiting_said:
+                self._waiting_said = True
+                owners = sorted({self.rec.claims.holder(t) for t, _ in self.deferred})
+                log.warning("waiting for %d task(s) being computed by another sweep (%s); "
+                            "they are taken over if it stops", len(self.deferred),
+                            "; ".join(owners[:3]) + (" ..." if len(owners) > 3 else ""))
+                self.rec.bar.set_postfix_str(f"waiting for {len(self.deferred)} task(s) of "
+                                             "another sweep", refresh=True)
+        return None
+
+    def pause(self) -> None:
+        """Sleep until the next look at the tasks set aside."""
+        time.sleep(max(0.0, self._next_poll - time.monotonic()))
+
+
+def _run_serial(units, rec: _Recorder, device, torch_threads, progress):
+    src = _Source(units, rec)
+    while not src.finished:
+        todo = src.take()
+        if todo is None:
+            src.pause()
             continue
-        trials = _bar(None, progress, "  trials", position=1, leave=False)
+        trials = []  # the trials bar, made at the first trial (none for tasks without any)
 
         def on_trial(r, trials=trials):
-            trials.update(1)
+            if not trials:
+                trials.append(_bar(None, progress, "  trials", position=1, leave=False))
+            trials[0].update(1)
             eta, reason = getattr(r, "eta", math.nan), getattr(r, "reason", "")
-            trials.set_postfix_str(f"eta={eta:.3g} {reason}", refresh=False)
+            trials[0].set_postfix_str(f"eta={eta:.3g} {reason}", refresh=False)
 
         try:
             payloads = execute_tasks(todo, device, torch_threads,
                                      on_trial=on_trial if progress else None)
         finally:
-            trials.close()
+            for bar in trials:
+                bar.close()
         rec.unit(todo, payloads)
 
 
@@ -525,24 +679,41 @@ def _failed_unit(unit, exc: BaseException, device) -> list[dict]:
 
 
 def _run_pool(units, rec: _Recorder, device, torch_threads, workers):
+    """At most ``workers`` units in flight, each claimed just before it is submitted (so two
+    sweeps sharing a store split the work)."""
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
+    src = _Source(units, rec)
     ex = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
                              initializer=_pool_worker_init,
                              initargs=(torch_threads, _log_files()))
-    futures = {}
+    inflight: dict = {}
     try:
-        futures = {ex.submit(execute_tasks, u, device, torch_threads): u for u in units}
-        for fut in as_completed(futures):
-            unit = futures[fut]
-            try:
-                payloads = fut.result()
-            except Exception as exc:  # noqa: BLE001 - e.g. a worker killed by the OS
-                payloads = _failed_unit(unit, exc, device)
-            rec.unit(unit, payloads)
+        while not (src.finished and not inflight):
+            while len(inflight) < workers:
+                unit = src.take()
+                if unit is None:
+                    break
+                try:
+                    inflight[ex.submit(execute_tasks, unit, device, torch_threads)] = unit
+                except BrokenProcessPool as exc:  # a worker was killed (e.g. by the OS)
+                    rec.unit(unit, _failed_unit(unit, exc, device))
+            if not inflight:
+                src.pause()
+                continue
+            done, _ = wait(list(inflight), timeout=src.poll_s if src.deferred else None,
+                           return_when=FIRST_COMPLETED)
+            for fut in done:
+                unit = inflight.pop(fut)
+                try:
+                    payloads = fut.result()
+                except Exception as exc:  # noqa: BLE001 - e.g. a worker killed by the OS
+                    payloads = _failed_unit(unit, exc, device)
+                rec.unit(unit, payloads)
     except BaseException:
-        for f in futures:
+        for f in inflight:
             f.cancel()
         for p in list(getattr(ex, "_processes", {}).values()):  # stop running tasks now
             p.terminate()
@@ -564,7 +735,10 @@ def _dask_client(scheduler, dask_workers):
 
 def _run_dask(units, rec: _Recorder, device, torch_threads, client, scheduler, dask_workers,
               datasets, check_data):
-    from dask.distributed import as_completed
+    """Like :func:`_run_pool`, with twice as many units in flight as the cluster has worker
+    threads (at least 2; re-read as the cluster grows), each claimed just before it is
+    submitted."""
+    from dask.distributed import wait
 
     from .validate import check_datasets_available
 
@@ -572,22 +746,41 @@ def _run_dask(units, rec: _Recorder, device, torch_threads, client, scheduler, d
     cluster = None
     if own:
         client, cluster = _dask_client(scheduler, dask_workers)
-    futures = {}
+    src = _Source(units, rec)
+    inflight: dict = {}
     try:
         if check_data and datasets:  # the data must be where the workers are
             client.submit(check_datasets_available, sorted(datasets), pure=False).result()
-        futures = {client.submit(execute_tasks, u, device, torch_threads, pure=False): u
-                   for u in units}
-        for fut in as_completed(list(futures)):
-            unit = futures[fut]
+        window, window_at = 2, -math.inf
+        while not (src.finished and not inflight):
+            if time.monotonic() - window_at > 5:
+                with contextlib.suppress(Exception):
+                    window = max(2, 2 * sum(client.nthreads().values()))
+                window_at = time.monotonic()
+            while len(inflight) < window:
+                unit = src.take()
+                if unit is None:
+                    break
+                inflight[client.submit(execute_tasks, unit, device, torch_threads,
+                                       pure=False)] = unit
+            if not inflight:
+                src.pause()
+                continue
             try:
-                payloads = fut.result()
-            except Exception as exc:  # noqa: BLE001 - KilledWorker, lost connection, ...
-                payloads = _failed_unit(unit, exc, device)
-            rec.unit(unit, payloads)
+                done = wait(list(inflight), timeout=src.poll_s if src.deferred else None,
+                            return_when="FIRST_COMPLETED").done
+            except TimeoutError:
+                continue
+            for fut in done:
+                unit = inflight.pop(fut)
+                try:
+                    payloads = fut.result()
+                except Exception as exc:  # noqa: BLE001 - KilledWorker, lost connection, ...
+                    payloads = _failed_unit(unit, exc, device)
+                rec.unit(unit, payloads)
     except BaseException:
         with contextlib.suppress(Exception):
-            client.cancel(list(futures))
+            client.cancel(list(inflight))
         raise
     finally:
         if own:
@@ -622,6 +815,7 @@ def run_sweep(
     errors: str = "continue",
     check_data: bool = True,
     group_seeds: bool = True,
+    lease_s: float | None = None,
 ) -> pd.DataFrame:
     """Compute every task whose record is missing (all if ``recompute``); return the results.
 
@@ -654,6 +848,12 @@ def run_sweep(
         trials cost little, we expect more, not measured). A unit's records are written when all of its seeds
         are done.
         The pool and dask backends start the largest units first (:func:`largest_first`).
+    lease_s: lease of this sweep's claims in seconds (default ``$MILR_LEASE_S``, else
+        :data:`milr.store.DEFAULT_LEASE_S` = 300). Each task is claimed in the store just
+        before it is computed (:meth:`milr.store.Store.claim`) and released once its record
+        is written, so sweeps sharing a store compute each task once: a task finished by
+        another sweep is skipped, one that another live sweep is computing is waited for
+        (and taken over if that sweep dies, or its claim is not refreshed for its lease).
 
     Each finished task is written to ``store`` at once (atomically) by this process, with
     metadata from the process that computed it (code version, library versions, device,
@@ -689,6 +889,7 @@ def run_sweep(
         check_scheduler(scheduler)
     if dask_workers is not None:
         dask_workers = check_int("dask_workers", dask_workers, 1)
+    lease = lease_seconds(lease_s)
     backend = "dask" if dask_given else ("pool" if n_workers > 1 else "serial")
 
     if recompute:
@@ -707,16 +908,23 @@ def run_sweep(
         if backend == "pool":
             n_workers = min(n_workers, len(units))
         desc = f"{kinds[0] if len(kinds) == 1 else 'tasks'} ({len(tasks) - len(todo)} cached)"
-        with _bar(len(todo), progress, desc) as bar:
-            rec = _Recorder(store, backend, bar, errors)
+        with _bar(len(todo), progress, desc) as bar, _Claims(store, lease) as claims:
+            rec = _Recorder(store, backend, bar, errors, claims, recompute, bool(group_seeds))
             if backend == "serial" or (backend == "pool" and n_workers == 1):
                 rec.backend = "serial"
-                _run_serial(units, rec, device, torch_threads, recompute, progress)
+                _run_serial(units, rec, device, torch_threads, progress)
             elif backend == "pool":
                 _run_pool(largest_first(units), rec, device, torch_threads, n_workers)
             else:
                 _run_dask(largest_first(units), rec, device, torch_threads, client, scheduler,
                           dask_workers, datasets, check_data)
+        if rec.by_others:
+            log.info("%d of %d tasks were finished by another sweep sharing the store",
+                     len(rec.by_others), len(todo))
+        if rec.failed_by_others:
+            warnings.warn(f"{len(rec.failed_by_others)} task(s) failed in another sweep sharing "
+                          f"the store (first: {rec.failed_by_others[0]}); a rerun retries them",
+                          SweepFailureWarning, stacklevel=2)
         if rec.failures:
             first = rec.failures[0]
             warnings.warn(f"{len(rec.failures)} of {len(todo)} tasks failed (first: {first[0]}:"
