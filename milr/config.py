@@ -13,10 +13,10 @@ import math
 import numbers
 from dataclasses import asdict, dataclass, field, fields
 
-from .data import CHANCE_ACCURACY, DATASETS, DEFAULT_THRESHOLDS
+from .data import CHANCE_ACCURACY, DATASETS, DEFAULT_THRESHOLDS, SPLIT_SIZES
 
 __all__ = ["TrialConfig", "SearchConfig", "config_key", "check_int", "check_float",
-           "check_dataset"]
+           "check_dataset", "check_split_rows"]
 
 DTYPES = ("float32", "float64")
 
@@ -33,6 +33,24 @@ def check_int(name: str, value, lo: int = 1, hi: int | None = None) -> int:
         rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
         raise ValueError(f"{name}={value} must be an integer {rng}")
     return value
+
+
+def check_split_rows(name: str, value, dataset: str, split: str) -> int:
+    """``value`` as a number of rows in ``[1, rows of the split]`` of ``dataset`` (``split``:
+    ``"train"`` or ``"val"``; sizes from :data:`milr.data.SPLIT_SIZES`, known without
+    loading), else ``TypeError``/``ValueError`` naming ``name``. A subset never silently
+    shrinks to the rows there are: its size keys records, so it must be what is computed.
+    A data set without a known size is checked only for ``>= 1``."""
+    sizes = SPLIT_SIZES.get(dataset)
+    if sizes is None:
+        return check_int(name, value, 1)
+    rows = sizes[0 if split == "train" else 1]
+    what = "training" if split == "train" else "validation"
+    try:
+        return check_int(name, value, 1, rows)
+    except ValueError:
+        raise ValueError(f"{name}={value} must be an integer in [1, {rows}]: {dataset} has "
+                         f"{rows} {what} rows") from None
 
 
 def check_dataset(name) -> str:
@@ -77,7 +95,8 @@ class TrialConfig:
     eval_every: validation accuracy is measured every this many steps and after the last one
         (our choice, default 25).
     n_val: size of the fixed validation subset used for accuracy (our choice, 1000: the first
-        n_val of a seed-0 permutation of the validation split, the same for every trial).
+        n_val of a seed-0 permutation of the validation split, the same for every trial), at
+        most the split's rows (:data:`milr.data.SPLIT_SIZES`).
     input_lr_scale: the input layer trains at ``input_lr_scale * eta`` (paper's condition
         (ii); our default 0.01; 0 freezes the input layer), in [0, 1].
     blowup_factor: divergence rule (our choice): a trial fails as diverged as soon as a batch
@@ -110,7 +129,7 @@ class TrialConfig:
         set_("batch_size", check_int("batch_size", self.batch_size))
         set_("step_budget", check_int("step_budget", self.step_budget))
         set_("eval_every", check_int("eval_every", self.eval_every))
-        set_("n_val", check_int("n_val", self.n_val))
+        set_("n_val", check_split_rows("n_val", self.n_val, self.dataset, "val"))
         set_("input_lr_scale", check_float("input_lr_scale", self.input_lr_scale, 0.0, 1.0))
         set_("blowup_factor", check_float("blowup_factor", self.blowup_factor, 1.0,
                                           lo_open=True))

@@ -52,7 +52,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import SearchConfig, check_float, check_int, check_dataset
+from .config import SearchConfig, check_float, check_int, check_dataset, check_split_rows
 from .validate import check_grid
 from .data import CHANCE_ACCURACY, Dataset
 from .search import EtaStarResult, eta_star_single
@@ -398,6 +398,8 @@ class LateLRTask:
                          ("trial_steps", 1), ("batch_size", 1), ("n_val", 1), ("n_subset", 1),
                          ("eval_every", 1), ("window", 1)):
             set_(name, check_int(name, getattr(self, name), lo))
+        set_("n_val", check_split_rows("n_val", self.n_val, self.dataset, "val"))
+        set_("n_subset", check_split_rows("n_subset", self.n_subset, self.dataset, "train"))
         for phase in ("warmup_steps", "trial_steps"):
             n_evals = len(_eval_steps(getattr(self, phase), self.eval_every))
             if self.window > n_evals:

@@ -35,7 +35,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .config import check_float, check_int
+from .config import check_float, check_int, check_split_rows
 
 __all__ = [
     "relu_expectations",
@@ -570,6 +570,7 @@ class TheoryTask:
         for name, lo in (("depth", 1), ("width", 1), ("n_subset", 1), ("n_draws", 2),
                          ("bound_draws", 2), ("max_depth", 1), ("draw_seed", 0)):
             set_(name, check_int(name, getattr(self, name), lo))
+        set_("n_subset", check_split_rows("n_subset", self.n_subset, self.dataset, "train"))
         set_("input_lr_scale", check_float("input_lr_scale", self.input_lr_scale, 0.0, 1.0))
         set_("level", check_float("level", self.level, 0.0, 1.0, lo_open=True, hi_open=True))
 

@@ -75,6 +75,12 @@ def test_entry_points():
      r"device='gpu'"),
     (["sharpness", "--dataset", "gaussian", "--depth", "1", "--width", "0"],
      r"width=0 must be an integer >= 1"),
+    (["eta-star", "--dataset", "gaussian", "--depth", "1", "--width", "8", "--n-val",
+      "10000000"], r"n_val=10000000 must be an integer in \[1, 2000\]: gaussian has 2000 "
+     r"validation rows"),
+    (["sharpness", "--dataset", "gaussian", "--depth", "1", "--width", "8", "--n-subset",
+      "18001"], r"n_subset=18001 must be an integer in \[1, 18000\]: gaussian has 18000 "
+     r"training rows"),
     (["sweep", "nope.yaml"], r"sweep file 'nope.yaml' not found"),
     (["data", "--preset", "huge"], r"preset='huge' is not known"),
 ])
@@ -108,6 +114,38 @@ def test_bad_sweep_file_names_file_and_key(tmp_path, capsys):
     assert main(["sweep", str(p), "--store", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err
     assert str(p) in err and "trial.treshold is not a known parameter" in err
+
+
+@pytest.mark.parametrize("kind, section, what", [
+    ("eta_star", "trial: {n_val: 2001}", r"n_val=2001 must be an integer in \[1, 2000\]"),
+    ("sharpness", "options: {n_subset: 18001}",
+     r"n_subset=18001 must be an integer in \[1, 18000\]: gaussian has 18000 training rows"),
+])
+def test_subsets_larger_than_the_split_stop_a_dry_run(tmp_path, capsys, kind, section, what):
+    p = tmp_path / "big.yaml"
+    p.write_text(f"kind: {kind}\ndatasets: [gaussian]\ndepths: [1]\nwidths: [8]\nseeds: [0]\n"
+                 f"{section}\n")
+    assert main(["sweep", str(p), "--store", str(tmp_path / "s"), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.search(what, err), err
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_subset_is_never_clipped_under_its_key():
+    """The largest allowed subset is the whole split; the trainer never shrinks a larger one
+    (it would then be keyed as a subset it is not)."""
+    import torch
+
+    from milr.config import TrialConfig
+    from milr.data import SPLIT_SIZES, Dataset
+    from milr.train import val_subset
+
+    assert TrialConfig("gaussian", 1, 8, n_val=SPLIT_SIZES["gaussian"][1]).n_val == 2000
+    small = Dataset("gaussian", torch.zeros(10, 3), torch.zeros(10, dtype=torch.long),
+                    torch.zeros(5, 3), torch.zeros(5, dtype=torch.long), 2)
+    assert len(val_subset(small, 5)[1]) == 5
+    with pytest.raises(ValueError, match=r"n_val=6 must be an integer in \[1, 5\]"):
+        val_subset(small, 6)
 
 
 # -- commands on tiny settings ----------------------------------------------------------------
