@@ -46,7 +46,8 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
-from .config import SearchConfig, TrialConfig, check_float, check_int, config_key
+from .config import (SearchConfig, TrialConfig, check_float, check_int, config_key,
+                     field_names)
 from .store import Store, describe_claim, lease_seconds, run_metadata
 
 __all__ = ["EtaStarTask", "eta_star_tasks", "run_sweep", "load_results", "run_eta_star_sweep",
@@ -168,6 +169,13 @@ def eta_star_tasks(
     for bad in ("dataset", "depth", "width"):
         if bad in trial:
             raise ValueError(f"trial[{bad!r}] is a grid axis; pass it in {bad}s, not in trial")
+    for name, given, cls in (("trial", trial, TrialConfig), ("search", search or {},
+                                                             SearchConfig)):
+        allowed = [f for f in field_names(cls) if f not in ("dataset", "depth", "width")]
+        unknown = [k for k in given if k not in allowed]
+        if unknown:
+            raise ValueError(f"{name}[{unknown[0]!r}] is not a parameter of {cls.__name__}; "
+                             f"allowed: {', '.join(allowed)}")
     search_cfg = SearchConfig(**(search or {}))
     tasks = []
     for ds in datasets:

@@ -175,13 +175,23 @@ def check_scheduler(address) -> str:
 
 def check_datasets_available(names) -> None:
     """Raise :class:`milr.data.DataNotFoundError` (listing the directories searched) for the
-    first data set in ``names`` whose files cannot be found on this machine."""
-    from .data import available_datasets, load_dataset
+    first data set in ``names`` whose files cannot be found on this machine, and
+    ``ValueError`` naming the file for one whose files cannot be read (empty, truncated, a
+    bad magic number): both are the user's to fix, so they stop a sweep before any task runs
+    instead of failing every task. Each set is loaded once (it stays in this process's
+    cache, where the serial backend uses it)."""
+    from .data import DataNotFoundError, available_datasets, load_dataset
 
     have = set(available_datasets())
     for name in names:
         if name not in have:
             load_dataset(name)  # raises DataNotFoundError with every path searched
+        try:
+            load_dataset(name)
+        except DataNotFoundError:
+            raise
+        except (ValueError, OSError) as exc:
+            raise ValueError(f"data set {name!r} cannot be read: {exc}") from None
 
 
 # -- sweep files ------------------------------------------------------------------------------

@@ -107,6 +107,49 @@ def test_missing_data_set_lists_paths(tmp_path, monkeypatch, capsys):
     assert "data set 'cifar10'" in err and str(tmp_path / "nowhere") in err
 
 
+def _write_idx(path: Path, arr) -> None:
+    import gzip
+
+    import numpy as np
+
+    arr = np.asarray(arr, dtype=np.uint8)
+    head = bytes([0, 0, 0x08, arr.ndim]) + b"".join(int(n).to_bytes(4, "big")
+                                                    for n in arr.shape)
+    data = head + arr.tobytes()
+    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+
+
+@pytest.mark.parametrize("damage", ["empty", "bad magic", "truncated gzip"])
+def test_unreadable_data_file_is_a_usage_error_before_any_task(tmp_path, monkeypatch, capsys,
+                                                               damage):
+    import numpy as np
+
+    d = tmp_path / "data" / "mnist"
+    d.mkdir(parents=True)
+    _write_idx(d / "train-images-idx3-ubyte.gz", np.zeros((20, 28, 28)))
+    _write_idx(d / "train-labels-idx1-ubyte.gz", np.arange(20) % 10)
+    _write_idx(d / "t10k-images-idx3-ubyte.gz", np.zeros((10, 28, 28)))
+    bad = d / "t10k-labels-idx1-ubyte.gz"
+    _write_idx(bad, np.arange(10) % 10)
+    if damage == "empty":
+        bad.write_bytes(b"")
+    elif damage == "bad magic":
+        import gzip
+
+        bad.write_bytes(gzip.compress(b"\x12\x34\x08\x01" + bytes(14)))
+    else:
+        bad.write_bytes(bad.read_bytes()[:-12])
+    monkeypatch.setenv("MILR_DATA_DIR", str(tmp_path / "data"))
+    store = tmp_path / "s"
+    assert main(["eta-star", "--dataset", "mnist", "--depth", "1", "--width", "8",
+                 "--n-val", "10", "--store", str(store)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("milr eta-star: error: data set 'mnist' cannot be read: "), err
+    assert str(bad) in err, err
+    assert not store.exists()  # no task ran, no failure note
+
+
 def test_bad_sweep_file_names_file_and_key(tmp_path, capsys):
     p = tmp_path / "bad.yaml"
     p.write_text("datasets: [gaussian]\ndepths: [1]\nwidths: [8]\nseeds: [0]\n"
