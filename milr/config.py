@@ -38,19 +38,23 @@ def check_int(name: str, value, lo: int = 1, hi: int | None = None) -> int:
 def check_split_rows(name: str, value, dataset: str, split: str) -> int:
     """``value`` as a number of rows in ``[1, rows of the split]`` of ``dataset`` (``split``:
     ``"train"`` or ``"val"``; sizes from :data:`milr.data.SPLIT_SIZES`, known without
-    loading), else ``TypeError``/``ValueError`` naming ``name``. A subset never silently
-    shrinks to the rows there are: its size keys records, so it must be what is computed.
-    A data set without a known size is checked only for ``>= 1``."""
+    loading); ``None`` means the whole split (resolved here, so the key holds the number).
+    Else ``TypeError``/``ValueError`` naming ``name``. A subset never silently shrinks to the
+    rows there are: its size keys records, so it must be what is computed. A data set
+    without a known size is checked only for ``>= 1`` (and cannot take ``None``)."""
     sizes = SPLIT_SIZES.get(dataset)
-    if sizes is None:
-        return check_int(name, value, 1)
-    rows = sizes[0 if split == "train" else 1]
+    rows = None if sizes is None else sizes[0 if split == "train" else 1]
     what = "training" if split == "train" else "validation"
-    try:
-        return check_int(name, value, 1, rows)
-    except ValueError:
+    if value is None:
+        if rows is None:
+            raise ValueError(f"{name}=None (the whole {what} split) needs the split size of "
+                             f"{dataset}, which is not known; give a number")
+        return rows
+    value = check_int(name, value, 1)
+    if rows is not None and value > rows:
         raise ValueError(f"{name}={value} must be an integer in [1, {rows}]: {dataset} has "
-                         f"{rows} {what} rows") from None
+                         f"{rows} {what} rows")
+    return value
 
 
 def check_dataset(name) -> str:
@@ -96,7 +100,8 @@ class TrialConfig:
         (our choice, default 25).
     n_val: size of the fixed validation subset used for accuracy (our choice, 1000: the first
         n_val of a seed-0 permutation of the validation split, the same for every trial), at
-        most the split's rows (:data:`milr.data.SPLIT_SIZES`).
+        most the split's rows (:data:`milr.data.SPLIT_SIZES`); ``None`` means the whole
+        split, resolved to its size here (so the record's key holds the number).
     input_lr_scale: the input layer trains at ``input_lr_scale * eta`` (paper's condition
         (ii); our default 0.01; 0 freezes the input layer), in [0, 1].
     blowup_factor: divergence rule (our choice): a trial fails as diverged as soon as a batch
@@ -112,7 +117,7 @@ class TrialConfig:
     batch_size: int = 64
     step_budget: int = 400
     eval_every: int = 25
-    n_val: int = 1000
+    n_val: int | None = 1000
     input_lr_scale: float = 0.01
     blowup_factor: float = 100.0
     dtype: str = "float32"

@@ -395,8 +395,8 @@ class LateLRTask:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
         check_dataset(self.dataset)
         for name, lo in (("depth", 1), ("width", 1), ("seed", 0), ("warmup_steps", 1),
-                         ("trial_steps", 1), ("batch_size", 1), ("n_val", 1), ("n_subset", 1),
-                         ("eval_every", 1), ("window", 1)):
+                         ("trial_steps", 1), ("batch_size", 1), ("eval_every", 1),
+                         ("window", 1)):
             set_(name, check_int(name, getattr(self, name), lo))
         set_("n_val", check_split_rows("n_val", self.n_val, self.dataset, "val"))
         set_("n_subset", check_split_rows("n_subset", self.n_subset, self.dataset, "train"))

@@ -53,7 +53,8 @@ from .store import Store, describe_claim, lease_seconds, run_metadata
 __all__ = ["EtaStarTask", "eta_star_tasks", "run_sweep", "load_results", "run_eta_star_sweep",
            "load_eta_star", "execute_task", "execute_tasks", "task_units", "largest_first",
            "work_hint", "sweep_status", "SweepStatus", "SweepError",
-           "SweepFailureWarning", "unique_tasks", "task_label", "BACKENDS"]
+           "SweepFailureWarning", "unique_tasks", "task_label", "BACKENDS",
+           "UnreachableThresholdWarning", "warn_unreachable_thresholds"]
 
 log = logging.getLogger(__name__)
 KIND = "eta_star"
@@ -799,6 +800,31 @@ def _run_dask(units, rec: _Recorder, device, torch_threads, client, scheduler, d
                     cluster.close()
 
 
+class UnreachableThresholdWarning(UserWarning):
+    """A task's threshold accuracy is above what any classifier reaches on its data set."""
+
+
+def warn_unreachable_thresholds(tasks) -> None:
+    """Warn (:class:`UnreachableThresholdWarning`, once per threshold) for tasks on the
+    Gaussian task whose threshold is at or above its Bayes-optimal accuracy
+    (:func:`milr.data.gaussian_bayes_accuracy`, 0.951): their searches can only end with
+    ``no_success`` (short of sampling luck on the validation subset)."""
+    from .data import gaussian_bayes_accuracy
+
+    bayes = gaussian_bayes_accuracy()
+    seen = set()
+    for t in tasks:
+        c = t.record_config()
+        th = c.get("threshold")
+        if c.get("dataset") == "gaussian" and isinstance(th, float) and th >= bayes:
+            if th not in seen:
+                seen.add(th)
+                warnings.warn(f"threshold {th:g} on the Gaussian task is at or above its "
+                              f"Bayes-optimal accuracy {bayes:.3f}: no network can reach it "
+                              "(short of sampling luck on the validation subset), so expect "
+                              "status 'no_success'", UnreachableThresholdWarning, stacklevel=3)
+
+
 def _datasets_of(tasks) -> set:
     out = set()
     for t in tasks:
@@ -906,6 +932,7 @@ def run_sweep(
         todo = [t for t in tasks if store.state(t.kind, t.record_config()) != "done"]
     kinds = sorted({t.kind for t in tasks})
     log.info("sweep: %d of %d tasks to compute (backend %s)", len(todo), len(tasks), backend)
+    warn_unreachable_thresholds(todo)
     if todo:
         datasets = _datasets_of(todo)
         if backend != "dask":

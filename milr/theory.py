@@ -567,7 +567,7 @@ class TheoryTask:
         if self.dataset not in DATASETS:
             raise ValueError(f"dataset={self.dataset!r} is not known; allowed: "
                              f"{', '.join(DATASETS)}")
-        for name, lo in (("depth", 1), ("width", 1), ("n_subset", 1), ("n_draws", 2),
+        for name, lo in (("depth", 1), ("width", 1), ("n_draws", 2),
                          ("bound_draws", 2), ("max_depth", 1), ("draw_seed", 0)):
             set_(name, check_int(name, getattr(self, name), lo))
         set_("n_subset", check_split_rows("n_subset", self.n_subset, self.dataset, "train"))
