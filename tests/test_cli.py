@@ -99,6 +99,61 @@ def test_argparse_rejects_unknown_dataset(capsys):
     assert "invalid choice: 'imagenet'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--width", "2.5"], "argument --width: '2.5' is not an integer >= 1"),
+    (["--depth", "two"], "argument --depth: 'two' is not an integer >= 1"),
+    (["--seeds", "0", "x"], "argument --seeds: 'x' is not an integer >= 0"),
+    (["--tol", "tight"], "argument --tol: 'tight' is not a number"),
+    (["--step-budget", "1e3"], "argument --step-budget: '1e3' is not an integer"),
+    (["--dataset", "gausian"], "argument --dataset: invalid choice: 'gausian' (choose from "
+                               "'gaussian', 'fashion-mnist'"),
+    (["--errors", "stop"], "argument --errors: invalid choice: 'stop' (choose from "
+                           "'continue', 'raise')"),
+])
+def test_option_errors_are_one_line_with_what_is_allowed(argv, message, capsys):
+    base = {"--dataset": "gaussian", "--depth": "1", "--width": "8"}
+    for k in argv[::2]:
+        base.pop(k, None)
+    full = ["eta-star"] + [x for kv in base.items() for x in kv] + argv
+    with pytest.raises(SystemExit) as info:
+        main(full)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "usage:" not in err, err
+    assert err.startswith(f"milr eta-star: error: {message}"), err
+    assert err.rstrip().endswith("; see milr eta-star --help"), err
+
+
+def test_missing_subcommand_or_argument_is_one_line(capsys):
+    for argv, prog in (([], "milr"), (["sweep"], "milr sweep")):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and err.count("\n") == 1, err
+        assert "the following arguments are required" in err and f"see {prog} --help" in err
+
+
+def test_help_is_plain_and_says_where_presets_differ(capsys):
+    def help_of(cmd):
+        with pytest.raises(SystemExit):
+            main([cmd, "--help"])
+        return " ".join(capsys.readouterr().out.split())
+
+    eta = help_of("eta-star")
+    assert "TrialConfig." not in eta and "SearchConfig." not in eta
+    assert "not a preset's" in eta
+    assert "--step-budget N SGD steps before a trial fails (default 400; paper preset: 938)" in eta
+    assert ("--k N batched only: learning rates per refinement round, in [1, 64] (default 3; "
+            "quick preset: 2, paper preset: 8)") in eta
+    assert "--method NAME bisect (Algorithm 1" in eta and "also measures eta_min" in eta
+    assert "Fashion-MNIST 0.75" in eta and "MNIST 0.925" in eta  # the real defaults of t
+    sharp = help_of("sharpness")
+    assert "SharpnessTask." not in sharp
+    assert ("--n-subset N size of the fixed training subset of every HVP, at most the split's "
+            "rows (default 1000; paper preset: 2048)") in sharp
+    assert "--gauss-newton, --no-gauss-newton also compute" in sharp
+
+
 def test_missing_data_set_lists_paths(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MILR_DATA_DIR", str(tmp_path / "nowhere"))
     assert main(["eta-star", "--dataset", "cifar10", "--depth", "1", "--width", "8",
@@ -218,6 +273,58 @@ def test_json_is_strict_and_no_store_prints_no_dead_paths(capsys):
     assert "NaN" not in line and any(v is None for v in rec["result"].values())
     assert main(ETA + ["--seeds", "0", "--no-store", "-q"]) == 0
     assert "not stored (--no-store)" in capsys.readouterr().out
+
+
+def test_table_shows_units_and_no_always_empty_columns(capsys):
+    assert main(ETA + ["--no-store", "-q"]) == 0
+    header = capsys.readouterr().out.splitlines()[0].split()
+    assert header == ["seed", "eta_star", "bracket_lo", "bracket_hi", "status", "n_trials",
+                      "wall_time_s"]  # eta_min, non_interval: measured by --scan full only
+    assert main(ETA + ["--no-store", "-q", "--scan", "full"]) == 0
+    header = capsys.readouterr().out.splitlines()[0].split()
+    assert "eta_min" in header and "non_interval" in header and "wall_time_s" in header
+
+
+def test_unreachable_gaussian_threshold_warns_before_the_search(capsys, monkeypatch):
+    import milr.sweep as sweep
+
+    order = []
+    real = sweep.execute_tasks
+    monkeypatch.setattr(sweep, "execute_tasks",
+                        lambda *a, **k: order.append("search") or real(*a, **k))
+    check = sweep.warn_unreachable_thresholds
+    monkeypatch.setattr(sweep, "warn_unreachable_thresholds",
+                        lambda tasks: order.append("check") or check(tasks))
+    argv = [a if a != "0.85" else "0.99" for a in ETA]
+    assert main(argv + ["--no-store", "-q", "--max-trials", "2"]) == 0
+    err = capsys.readouterr().err
+    assert ("WARNING milr: UnreachableThresholdWarning: threshold 0.99 on the Gaussian task "
+            "is at or above its Bayes-optimal accuracy 0.951") in err
+    assert order[0] == "check" and "search" in order  # checked before any search ran
+    assert main(ETA + ["--no-store", "-q", "--max-trials", "2"]) == 0  # t = 0.85: no warning
+    assert "UnreachableThresholdWarning" not in capsys.readouterr().err
+
+
+def test_warnings_during_progress_bars_are_log_lines(tmp_path, capsys):
+    cfg, store = sweep_file(tmp_path, [0, 1]), tmp_path / "s"
+    assert main(["sweep", str(cfg), "--store", str(store), "--workers", "1", "-q"]) == 0
+    rec = sorted((store / "eta_star").glob("*.json"))[0]
+    rec.write_text(rec.read_text()[:50])  # truncated: moved aside while the bar is shown
+    capsys.readouterr()
+    assert main(["sweep", str(cfg), "--store", str(store), "--workers", "1"]) == 0
+    err = capsys.readouterr().err
+    segments = [seg for seg in re.split(r"[\r\n]", err) if "CorruptRecordWarning" in seg]
+    assert segments, err
+    for seg in segments:  # each alone on its line, never glued to a bar
+        assert seg.startswith("WARNING milr: CorruptRecordWarning: moved corrupt record "), seg
+    assert "eta_star (1 cached)" in err  # the bar was there
+
+
+def test_sharpness_command_shows_no_trials_bar(tmp_path, capsys):
+    assert main(["sharpness", "--dataset", "gaussian", "--depth", "1", "--width", "8",
+                 "--n-subset", "50", "--no-store"]) == 0
+    err = capsys.readouterr().err
+    assert "sharpness (0 cached)" in err and "trials" not in err
 
 
 def test_sharpness_command(tmp_path, capsys):
