@@ -29,7 +29,7 @@ import time
 import warnings
 
 from .data import DEFAULT_THRESHOLDS, display_name
-from .store import Store
+from .store import Store, describe_claim
 from .sweep import eta_star_tasks, run_eta_star_sweep, run_sweep, sweep_status, task_label
 
 log = logging.getLogger("milr")
@@ -183,6 +183,10 @@ def _add_run_options(p: argparse.ArgumentParser, default_workers: str = "auto") 
                         "configuration in one batch (the default)")
     g.add_argument("--errors", choices=("continue", "raise"), default="continue",
                    help="on a failing task: record it and go on (default), or stop")
+    g.add_argument("--lease", type=_typed(float, "a number of seconds > 0"), metavar="SECONDS",
+                   default=None, dest="lease_s",
+                   help="a task claimed by a sweep that has not refreshed its claim for this "
+                        "long is taken over by others (default $MILR_LEASE_S, else 300)")
     o = p.add_argument_group("output")
     o.add_argument("-q", "--quiet", action="store_true", help="no progress bars (CI)")
     o.add_argument("-v", "--verbose", action="count", default=0,
@@ -293,7 +297,8 @@ def _run_kwargs(args) -> dict:
     dask = args.scheduler is not None or args.dask_workers is not None
     return dict(workers=1 if dask else args.workers, scheduler=args.scheduler,
                 dask_workers=args.dask_workers, torch_threads=args.torch_threads,
-                errors=args.errors, group_seeds=not args.no_group_seeds)
+                errors=args.errors, group_seeds=not args.no_group_seeds,
+                lease_s=args.lease_s)
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -416,14 +421,24 @@ def cmd_status(args) -> int:
     tasks = build_tasks(spec)
     store = Store(args.store or spec.store)
     st = sweep_status(tasks, store)
+    running = []  # not done, and claimed by a live sweep now
+    for state in ("pending", "failed", "corrupt"):
+        for t in st.tasks[state]:
+            held = store.claim_holder(t.kind, t.record_config())
+            if held is not None and held[1] == "live":
+                running.append(held[0])
     if args.json:
         print(json.dumps({"config": str(args.config), "kind": spec.kind,
-                          "store": str(store.root), **st.to_dict()}))
+                          "store": str(store.root), **st.to_dict(), "running": len(running)}))
     else:
         print(f"{args.config} ({spec.kind}) in {store.root}:")
         for k in ("done", "pending", "failed", "corrupt"):
             print(f"  {k:<8}{getattr(st, k):>6}")
         print(f"  {'total':<8}{st.total:>6}")
+        if running:
+            owners = sorted({describe_claim(i) for i in running})
+            print(f"  ({len(running)} of the unfinished being computed now by "
+                  f"{'; '.join(owners[:3])}{' ...' if len(owners) > 3 else ''})")
         stale = store.stale_temp_files()
         if stale:
             print(f"  ({len(stale)} leftover temporary file(s) of killed writers, e.g. "

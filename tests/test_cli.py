@@ -327,6 +327,21 @@ def test_sharpness_command_shows_no_trials_bar(tmp_path, capsys):
     assert "sharpness (0 cached)" in err and "trials" not in err
 
 
+def test_status_says_which_tasks_another_sweep_is_computing(tmp_path, capsys):
+    cfg, store = sweep_file(tmp_path, [0, 1]), Store(tmp_path / "s")
+    task = build_tasks(load_sweep_file(cfg))[1]
+    path = store.claim_path(task.kind, task.record_config())
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"host": "elsewhere.example", "pid": 4321, "token": "t" * 32,
+                                "lease_s": 300, "started": "2026-01-01T00:00:00+00:00"}))
+    assert main(["status", str(cfg), "--store", str(store.root)]) == 0
+    out = capsys.readouterr().out
+    assert ("(1 of the unfinished being computed now by elsewhere.example:4321 since "
+            "2026-01-01T00:00:00+00:00)") in out, out
+    assert main(["status", str(cfg), "--store", str(store.root), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["running"] == 1
+
+
 def test_sharpness_command(tmp_path, capsys):
     pytest.importorskip("milr.sharpness")
     assert main(["sharpness", "--dataset", "gaussian", "--depth", "2", "--width", "16",
@@ -342,7 +357,7 @@ def test_sweep_status_and_data_share_one_cache(tmp_path, capsys):
     assert main(["status", str(cfg), "--store", str(a), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {
         "config": str(cfg), "kind": "eta_star", "store": str(a), "total": 4, "done": 0,
-        "pending": 4, "failed": 0, "corrupt": 0}
+        "pending": 4, "failed": 0, "corrupt": 0, "running": 0}
     assert main(["sweep", str(cfg), "--store", str(a), "--workers", "1", "-q"]) == 0
     assert main(["data", "--preset", "smoke", "--store", str(b), "--workers", "1", "-q"]) == 0
     capsys.readouterr()
