@@ -156,6 +156,7 @@ def _typed(kind: type, allowed: str):
 
 _INT, _NUMBER = _typed(int, "an integer"), _typed(float, "a number")
 
+
 def _add_run_options(p: argparse.ArgumentParser, default_workers: str = "auto") -> None:
     g = p.add_argument_group("where results go and how tasks run")
     g.add_argument("--store", metavar="DIR", default=None,

@@ -66,8 +66,8 @@ import pandas as pd
 from .fit import PowerLawFit, fit_power_law, interval_text
 
 __all__ = ["SUPPORTED", "PARTLY", "NOT_SUPPORTED", "NO_DATA", "NOT_ENOUGH_DATA", "VERDICTS",
-           "R2_STRONG", "R2_WEAK", "CLAIMS", "ClaimRow", "verdict_power_law", "verdict_width_depth",
-           "verdict_input_lr", "verdict_late", "verdict_sharpness_relation",
+           "R2_STRONG", "R2_WEAK", "CLAIMS", "ClaimRow", "verdict_power_law",
+           "verdict_width_depth", "verdict_input_lr", "verdict_late", "verdict_sharpness_relation",
            "verdict_sharpness_bounds", "verdict_robustness", "fmt_fit", "intervals_overlap",
            "to_markdown", "scorecard_figure", "collect_scorecard", "RULES", "RULES_MD"]
 

@@ -27,6 +27,14 @@ thread count, so pinning it makes a result the same whichever backend or machine
 An interrupted sweep (Ctrl-C, ``SIGKILL``, a lost node) keeps every finished record, and a
 rerun computes only the missing ones. A task that raises is recorded as *failed* (with its
 error, see :meth:`milr.store.Store.put_failure`) and retried by the next run.
+
+Sweeps sharing a store compute each task once: every backend claims a task in the store
+(:meth:`milr.store.Store.claim`) just before handing it to a worker, keeps the claim fresh
+while it runs and releases it once the record is written; a task another sweep has finished
+is skipped, one another live sweep holds is waited for at the end, and the claims of a dead
+sweep (or a stale lease) are taken over. The pool and dask backends keep only as many units
+in flight as they have workers (dask: twice its worker threads), so that what is claimed is
+what is being computed.
 """
 from __future__ import annotations
 
