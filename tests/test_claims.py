@@ -82,15 +82,30 @@ def test_of_many_simultaneous_claims_exactly_one_wins(tmp_store):
 
 
 def test_claims_of_processes_racing_for_one_task(tmp_path):
-    """Eight processes claim the same 40 tasks at once: each task has exactly one owner."""
-    code = ("import sys, json; from milr.store import Store; s = Store(sys.argv[1]); "
-            "import time; t = float(sys.argv[2]); time.sleep(max(0, t - time.time())); "
-            "won = [n for n in range(40) if s.claim('fake', {'n': n}, 60)]; "
-            "time.sleep(max(0, t + 5 - time.time())); print(json.dumps(won))")  # stay alive
-    go = time.time() + 10
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(go)],
-                              stdout=subprocess.PIPE, text=True) for _ in range(8)]
-    won = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
+    """Four processes claim the same 40 tasks at once: each task has exactly one owner.
+    Each stays alive (holding its claims) until all have reported."""
+    code = ("import sys, json, os, time; from milr.store import Store; s = Store(sys.argv[1]); "
+            "go, out, release = sys.argv[2:5]\n"
+            "while not os.path.exists(go): time.sleep(0.005)\n"
+            "won = [n for n in range(40) if s.claim('fake', {'n': n}, 600)]\n"
+            "open(out + '.tmp', 'w').write(json.dumps(won)); os.rename(out + '.tmp', out)\n"
+            "while not os.path.exists(release): time.sleep(0.05)\n")
+    go, release = tmp_path / "go", tmp_path / "release"
+    outs = [tmp_path / f"won{i}.json" for i in range(4)]
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "store"), str(go),
+                               str(out), str(release)]) for out in outs]
+    try:
+        time.sleep(3)
+        go.touch()
+        t0 = time.monotonic()
+        while not all(o.exists() for o in outs):
+            assert time.monotonic() - t0 < 240 and all(p.poll() is None for p in procs)
+            time.sleep(0.05)
+        won = [json.loads(o.read_text()) for o in outs]
+    finally:
+        release.touch()
+        for p in procs:
+            p.wait(timeout=60)
     assert sorted(n for w in won for n in w) == list(range(40))
 
 
