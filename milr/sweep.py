@@ -663,10 +663,19 @@ def _log_files() -> list[tuple[str, int, str | None]]:
     return out
 
 
-def _pool_worker_init(torch_threads, log_files=()):
-    """Pool worker set-up: torch threads, ignore Ctrl-C (the parent stops us), die with the
-    parent (Linux ``PR_SET_PDEATHSIG``) so a killed sweep leaves no orphans, and append to the
-    parent's log files."""
+def _pool_worker_init(torch_threads, log_files=(), parent: int | None = None):
+    """Pool worker set-up: die with the parent (Linux ``PR_SET_PDEATHSIG``; and at once if
+    the parent ``pid`` died while this worker was starting) so a killed sweep leaves no
+    orphans, ignore Ctrl-C (the parent stops us), torch threads, and append to the parent's
+    log files."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: orphans finish their task and exit
+        pass
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)  # the sweep was killed before this worker was ready
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if log_files:
         milr_log = logging.getLogger("milr")
@@ -681,12 +690,6 @@ def _pool_worker_init(torch_threads, log_files=()):
         import torch
 
         torch.set_num_threads(int(torch_threads))
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: orphans finish their task and exit
-        pass
 
 
 def _failed_unit(unit, exc: BaseException, device) -> list[dict]:
@@ -695,17 +698,25 @@ def _failed_unit(unit, exc: BaseException, device) -> list[dict]:
     return [{**_failure(exc), "meta": {"device": device}} for _ in unit]
 
 
-def _run_pool(units, rec: _Recorder, device, torch_threads, workers):
-    """At most ``workers`` units in flight, each claimed just before it is submitted (so two
-    sweeps sharing a store split the work)."""
+def _pool_executor(workers: int, torch_threads):
+    """The local pool: ``workers`` spawned processes set up by :func:`_pool_worker_init`."""
     import multiprocessing as mp
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                               initializer=_pool_worker_init,
+                               initargs=(torch_threads, _log_files(), os.getpid()))
+
+
+def _run_pool(units, rec: _Recorder, device, torch_threads, workers, ex=None):
+    """At most ``workers`` units in flight on the pool ``ex`` (default: a new
+    :func:`_pool_executor`; shut down on return), each claimed just before it is submitted
+    (so two sweeps sharing a store split the work)."""
+    from concurrent.futures import FIRST_COMPLETED, wait
     from concurrent.futures.process import BrokenProcessPool
 
     src = _Source(units, rec)
-    ex = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                             initializer=_pool_worker_init,
-                             initargs=(torch_threads, _log_files()))
+    ex = _pool_executor(workers, torch_threads) if ex is None else ex
     inflight: dict = {}
     try:
         while not (src.finished and not inflight):
@@ -943,24 +954,34 @@ def run_sweep(
     warn_unreachable_thresholds(todo)
     if todo:
         datasets = _datasets_of(todo)
-        if backend != "dask":
-            check_device_available(device)
-            if check_data:
-                check_datasets_available(sorted(datasets))
         units = task_units(todo, bool(group_seeds))
         if backend == "pool":
             n_workers = min(n_workers, len(units))
-        desc = f"{kinds[0] if len(kinds) == 1 else 'tasks'} ({len(tasks) - len(todo)} cached)"
-        with _bar(len(todo), progress, desc) as bar, _Claims(store, lease) as claims:
-            rec = _Recorder(store, backend, bar, errors, claims, recompute, bool(group_seeds))
-            if backend == "serial" or (backend == "pool" and n_workers == 1):
-                rec.backend = "serial"
-                _run_serial(units, rec, device, torch_threads, progress)
-            elif backend == "pool":
-                _run_pool(largest_first(units), rec, device, torch_threads, n_workers)
-            else:
-                _run_dask(largest_first(units), rec, device, torch_threads, client, scheduler,
-                          dask_workers, datasets, check_data)
+        serial = backend == "serial" or (backend == "pool" and n_workers == 1)
+        if backend != "dask":
+            check_device_available(device)
+            if check_data:  # a pool's worker reads them (kept in its memory, not in ours)
+                check_datasets_available(sorted(datasets), read=serial)
+        ex = None if serial or backend != "pool" else _pool_executor(n_workers, torch_threads)
+        try:
+            if ex is not None and check_data:  # unreadable files stop us before any task
+                ex.submit(check_datasets_available, sorted(datasets)).result()
+            desc = (f"{kinds[0] if len(kinds) == 1 else 'tasks'} "
+                    f"({len(tasks) - len(todo)} cached)")
+            with _bar(len(todo), progress, desc) as bar, _Claims(store, lease) as claims:
+                rec = _Recorder(store, backend, bar, errors, claims, recompute,
+                                bool(group_seeds))
+                if serial:
+                    rec.backend = "serial"
+                    _run_serial(units, rec, device, torch_threads, progress)
+                elif backend == "pool":
+                    _run_pool(largest_first(units), rec, device, torch_threads, n_workers, ex)
+                else:
+                    _run_dask(largest_first(units), rec, device, torch_threads, client,
+                              scheduler, dask_workers, datasets, check_data)
+        finally:
+            if ex is not None:
+                ex.shutdown(wait=True, cancel_futures=True)
         if rec.by_others:
             log.info("%d of %d tasks were finished by another sweep sharing the store",
                      len(rec.by_others), len(todo))

@@ -173,19 +173,21 @@ def check_scheduler(address) -> str:
     return address
 
 
-def check_datasets_available(names) -> None:
+def check_datasets_available(names, read: bool = True) -> None:
     """Raise :class:`milr.data.DataNotFoundError` (listing the directories searched) for the
-    first data set in ``names`` whose files cannot be found on this machine, and
+    first data set in ``names`` whose files cannot be found on this machine, and (``read``)
     ``ValueError`` naming the file for one whose files cannot be read (empty, truncated, a
     bad magic number): both are the user's to fix, so they stop a sweep before any task runs
-    instead of failing every task. Each set is loaded once (it stays in this process's
-    cache, where the serial backend uses it)."""
+    instead of failing every task. Reading loads each set once (it stays in this process's
+    cache, where a task computed here uses it)."""
     from .data import DataNotFoundError, available_datasets, load_dataset
 
     have = set(available_datasets())
     for name in names:
         if name not in have:
             load_dataset(name)  # raises DataNotFoundError with every path searched
+        if not read:
+            continue
         try:
             load_dataset(name)
         except DataNotFoundError:

@@ -174,9 +174,10 @@ def _write_idx(path: Path, arr) -> None:
     path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
 
 
-@pytest.mark.parametrize("damage", ["empty", "bad magic", "truncated gzip"])
+@pytest.mark.parametrize("damage, workers", [("empty", "1"), ("bad magic", "1"),
+                                             ("truncated gzip", "1"), ("empty", "2")])
 def test_unreadable_data_file_is_a_usage_error_before_any_task(tmp_path, monkeypatch, capsys,
-                                                               damage):
+                                                               damage, workers):
     import numpy as np
 
     d = tmp_path / "data" / "mnist"
@@ -197,7 +198,8 @@ def test_unreadable_data_file_is_a_usage_error_before_any_task(tmp_path, monkeyp
     monkeypatch.setenv("MILR_DATA_DIR", str(tmp_path / "data"))
     store = tmp_path / "s"
     assert main(["eta-star", "--dataset", "mnist", "--depth", "1", "--width", "8",
-                 "--n-val", "10", "--store", str(store)]) == 2
+                 "--n-val", "10", "--store", str(store), "--seeds", "0", "1",
+                 "--workers", workers]) == 2  # 2: read by a pool worker
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert err.startswith("milr eta-star: error: data set 'mnist' cannot be read: "), err
