@@ -24,13 +24,16 @@ import math
 import signal
 import sys
 import tempfile
+import textwrap
 import time
+import warnings
 
 from .conditions import run_condition_sweeps
 from .config import SearchConfig, TrialConfig, check_int
-from .data import DATASETS, DataNotFoundError
+from .data import DATASETS, DEFAULT_THRESHOLDS, DataNotFoundError, display_name
+from .presets import PRESETS
 from .sharpness import SharpnessTask, sharpness_tasks
-from .store import Store, StoreCollisionError, code_version
+from .store import Store, StoreCollisionError, code_version, describe_claim
 from .sweep import SweepError, eta_star_tasks, run_sweep, sweep_status, task_label
 from .validate import build_tasks, load_sweep_file, spec_from_preset
 
@@ -41,32 +44,47 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 # -- logging and signals ----------------------------------------------------------------------
 
-class _TqdmHandler(logging.StreamHandler):
-    """Writes log lines through ``tqdm.write`` so they do not break the progress bars."""
-    def emit(self, record):
-        try:
-            from tqdm.auto import tqdm
+class _AtLeast(logging.Filter):
+    """Passes records of ``level`` and above (a filter, unlike a handler's level, is kept by
+    tqdm's logging redirect)."""
 
-            tqdm.write(self.format(record), file=sys.stderr)
-        except Exception:  # noqa: BLE001 - logging must never raise
-            self.handleError(record)
+    def __init__(self, level: int):
+        super().__init__()
+        self.level = level
+
+    def filter(self, record) -> bool:
+        return record.levelno >= self.level
+
+
+def _warning_as_log_line(message, category, filename, lineno, file=None, line=None):
+    """``warnings.showwarning`` during a command: one log line (``WARNING milr: ...``),
+    written through the progress bars like every other log line."""
+    log.warning("%s: %s", category.__name__, message)
 
 
 @contextlib.contextmanager
 def _logging_and_signals(verbose: int = 0, log_file: str | None = None):
     """Set up logging (:func:`_setup_logging`) and SIGTERM handling for one command, and put
-    both back afterwards (``main`` may be called from Python, e.g. in tests or notebooks)."""
+    both back afterwards (``main`` may be called from Python, e.g. in tests or notebooks).
+    While the command runs, log lines and warnings go to stderr through
+    ``tqdm.contrib.logging.logging_redirect_tqdm``, so they never break a progress bar."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     milr_log = logging.getLogger("milr")
     saved = (list(milr_log.handlers), milr_log.level, milr_log.propagate)
     try:
         old_term = signal.getsignal(signal.SIGTERM)
     except ValueError:  # pragma: no cover
         old_term = None
+    old_showwarning = warnings.showwarning
     added = _setup_logging(verbose, log_file)
     _sigterm_as_interrupt()
     try:
-        yield
+        warnings.showwarning = _warning_as_log_line
+        with logging_redirect_tqdm(loggers=[milr_log]):
+            yield
     finally:
+        warnings.showwarning = old_showwarning
         for h in added:
             milr_log.removeHandler(h)
             h.close()
@@ -90,8 +108,8 @@ def _setup_logging(verbose: int = 0, log_file: str | None = None) -> list[loggin
         milr_log.removeHandler(h)
     level = logging.WARNING if verbose <= 0 else (logging.INFO if verbose == 1
                                                   else logging.DEBUG)
-    h = _TqdmHandler()
-    h.setLevel(level)
+    h = logging.StreamHandler(sys.stderr)
+    h.addFilter(_AtLeast(level))
     h.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     milr_log.addHandler(h)
     lowest = level
@@ -120,6 +138,30 @@ def _sigterm_as_interrupt():
 
 # -- options ----------------------------------------------------------------------------------
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``milr eta-star: error: argument --width: '2.5' is not
+    an integer >= 1; see milr eta-star --help`` (no usage block), exit status 2."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {' '.join(message.split())}; see "
+                              f"{self.prog} --help\n")
+
+
+def _typed(kind: type, allowed: str):
+    """An argparse ``type`` converting to ``kind`` whose error names what is allowed."""
+    def convert(text: str):
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {allowed}") from None
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
+_INT, _NUMBER = _typed(int, "an integer"), _typed(float, "a number")
+
+
 def _add_run_options(p: argparse.ArgumentParser, default_workers: str = "auto") -> None:
     g = p.add_argument_group("where results go and how tasks run")
     g.add_argument("--store", metavar="DIR", default=None,
@@ -135,9 +177,11 @@ def _add_run_options(p: argparse.ArgumentParser, default_workers: str = "auto") 
     g.add_argument("--scheduler", metavar="ADDRESS", default=None,
                    help="send tasks to a running dask.distributed scheduler, e.g. "
                         "tcp://10.0.0.5:8786")
-    g.add_argument("--dask-workers", type=int, metavar="N", default=None,
+    g.add_argument("--dask-workers", type=_typed(int, "an integer >= 1"), metavar="N",
+                   default=None,
                    help="start a dask LocalCluster of N worker processes on 127.0.0.1")
-    g.add_argument("--torch-threads", type=int, metavar="N", default=1,
+    g.add_argument("--torch-threads", type=_typed(int, "an integer >= 1"), metavar="N",
+                   default=1,
                    help="torch threads per task (default 1: CPU results then do not depend on "
                         "the machine or backend)")
     g.add_argument("--no-group-seeds", action="store_true",
@@ -145,6 +189,10 @@ def _add_run_options(p: argparse.ArgumentParser, default_workers: str = "auto") 
                         "configuration in one batch (the default)")
     g.add_argument("--errors", choices=("continue", "raise"), default="continue",
                    help="on a failing task: record it and go on (default), or stop")
+    g.add_argument("--lease", type=_typed(float, "a number of seconds > 0"), metavar="SECONDS",
+                   default=None, dest="lease_s",
+                   help="a task claimed by a sweep that has not refreshed its claim for this "
+                        "long is taken over by others (default $MILR_LEASE_S, else 300)")
     o = p.add_argument_group("output")
     o.add_argument("-q", "--quiet", action="store_true", help="no progress bars (CI)")
     o.add_argument("-v", "--verbose", action="count", default=0,
@@ -164,10 +212,26 @@ def _field_type(f: dataclasses.Field):
     return str
 
 
-def _add_dataclass_options(p, cls, skip=(), group_title=None, helps=None) -> list[str]:
+def _preset_values(section: str, name: str, default) -> str:
+    """``; quick preset: 2, paper preset: 8`` for the presets whose ``section`` (trial,
+    search, sharpness) sets ``name`` to something other than ``default``."""
+    out = []
+    for preset in ("quick", "paper"):
+        value = PRESETS[preset].get(section, {}).get(name, default)
+        if section == "sharpness" and name == "input_lr_scale":  # lambda_1 of the trials' nets
+            value = PRESETS[preset].get("trial", {}).get(name, default)
+        if value != default:
+            out.append(f"{preset} preset: {value}")
+    return "; " + ", ".join(out) if out else ""
+
+
+def _add_dataclass_options(p, cls, skip=(), group_title=None, helps=None,
+                           section=None, description=None) -> list[str]:
     """One ``--option`` per dataclass field (so the command line cannot drift from the
-    configuration classes). Returns the field names added."""
-    g = p.add_argument_group(group_title or cls.__name__)
+    configuration classes), each with its plain description from ``helps``, its default
+    and, where a preset of ``section`` differs, the preset's value. Returns the field names
+    added."""
+    g = p.add_argument_group(group_title or cls.__name__, description)
     names = []
     for f in dataclasses.fields(cls):
         if f.name in skip or f.name.startswith("_"):
@@ -175,34 +239,58 @@ def _add_dataclass_options(p, cls, skip=(), group_title=None, helps=None) -> lis
         typ = _field_type(f)
         default = f.default if f.default is not dataclasses.MISSING else None
         flag = "--" + f.name.replace("_", "-")
-        h = (helps or {}).get(f.name, f"{cls.__name__}.{f.name}")
-        h = h if default is None else f"{h} (default {default})"
+        h = (helps or {})[f.name]
+        if default is not None:
+            presets = _preset_values(section, f.name, default) if section else ""
+            h = f"{h} (default {default}{presets})"
         if typ is bool:
             g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
                            default=None, help=h)
         else:
-            g.add_argument(flag, dest=f.name, type=typ, default=None, metavar=f.name.upper(),
+            kind = {int: _INT, float: _NUMBER}.get(typ, typ)
+            metavar = {int: "N", float: "X"}.get(typ, "NAME")
+            g.add_argument(flag, dest=f.name, type=kind, default=None, metavar=metavar,
                            help=h)
         names.append(f.name)
     return names
 
 
 _TRIAL_HELP = {
-    "threshold": "threshold accuracy t, chance < t < 1 (default: the data set's: MNIST 0.925, "
-                 "CIFAR-10 0.34, Fashion-MNIST 0.75, Gaussian 0.90)",
+    "threshold": "threshold accuracy t a trial must reach, chance < t < 1 (default: the data "
+                 "set's: " + ", ".join(f"{display_name(k)} {v:g}"
+                                       for k, v in DEFAULT_THRESHOLDS.items()) + ")",
     "batch_size": "SGD minibatch size", "step_budget": "SGD steps before a trial fails",
     "eval_every": "steps between validation-accuracy checks",
-    "n_val": "size of the fixed validation subset",
-    "input_lr_scale": "input layer trains at this x eta, in [0, 1]",
-    "blowup_factor": "divergence: batch loss > this x initial loss",
+    "n_val": "size of the fixed validation subset, at most the split's rows",
+    "input_lr_scale": "the input layer trains at this x eta, in [0, 1]",
+    "blowup_factor": "a trial diverges when a batch loss exceeds this x the initial loss",
     "dtype": "float32 or float64",
 }
 _SEARCH_HELP = {
-    "eta_lo": "lower end of the initial bracket, > 0", "eta_hi": "upper end, > eta_lo",
+    "eta_lo": "lower end of the initial bracket, > 0",
+    "eta_hi": "upper end of the initial bracket, > eta-lo",
     "tol": "stop when u/l <= 1 + tol", "scan_factor": "ratio of the coarse scan, > 1",
-    "scan": "top-down or full", "max_expand": "times eta_hi may grow when it succeeds",
-    "max_trials": "cap on trials per search", "method": "bisect or batched",
+    "scan": "top-down (stop at the first success) or full (every scan point: also measures "
+            "eta_min and non_interval, shown only then)",
+    "max_expand": "times eta-hi may grow when it succeeds",
+    "max_trials": "cap on trials per search",
+    "method": "bisect (Algorithm 1, one trial at a time) or batched (many trials in one batch)",
+    "k": "batched only: learning rates per refinement round, in [1, 64]",
 }
+_SHARP_HELP = {
+    "n_subset": "size of the fixed training subset of every HVP, at most the split's rows",
+    "input_lr_scale": "input-layer rate factor of the effective sharpness, in [0, 1]",
+    "tol": "relative tolerance of the eigensolver, in (0, 1)",
+    "solver": "lanczos or power", "solver_seed": "seed of the start vector",
+    "ncv": "Lanczos basis size, >= 3",
+    "gauss_newton": "also compute the Gauss-Newton part's top eigenvalue",
+    "weights_dtype": "dtype the network is built in (float32 or float64)",
+    "hvp_dtype": "dtype of the Hessian-vector products (float32 or float64)",
+    "chunk_size": "samples per pass (memory only, not part of the record; default: all)",
+}
+_DEFAULTS_NOTE = textwrap.fill(
+    "The defaults are the library's (its configuration classes), not a preset's; where the "
+    "quick or paper preset (configs/*.yaml, milr.presets) differs, its value is shown.", 78)
 
 
 def _given(args, names) -> dict:
@@ -213,7 +301,8 @@ def _run_kwargs(args) -> dict:
     dask = args.scheduler is not None or args.dask_workers is not None
     return dict(workers=1 if dask else args.workers, scheduler=args.scheduler,
                 dask_workers=args.dask_workers, torch_threads=args.torch_threads,
-                errors=args.errors, group_seeds=not args.no_group_seeds)
+                errors=args.errors, group_seeds=not args.no_group_seeds,
+                lease_s=args.lease_s)
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -243,8 +332,11 @@ def _one_config(args, tasks, store: Store, result_cols) -> int:
                 print(json.dumps(line, default=str, allow_nan=False))
     elif len(df):
         cols = [c for c in ["seed"] + result_cols if c in df.columns]
+        table = df[cols].rename(columns={"wall_time": "wall_time_s"})
+        if "wall_time_s" in table:
+            table["wall_time_s"] = table["wall_time_s"].round(2)
         with pd.option_context("display.width", 120, "display.max_columns", 20):
-            print(df[cols].to_string(index=False))
+            print(table.to_string(index=False))
     if not args.json:
         where = "not stored (--no-store)" if temporary else f"records in {store.root}"
         print(f"{st.summary()} in {time.perf_counter() - t0:.1f} s; {where}")
@@ -274,11 +366,13 @@ def cmd_eta_star(args) -> int:
     tasks = eta_star_tasks([args.dataset], [args.depth], [args.width], args.seeds,
                            trial=_given(args, args._trial_fields),
                            search=_given(args, args._search_fields), min_width_over_depth=0)
+    # eta_min and non_interval are measured by the full scan only (always empty otherwise)
+    full = tasks[0].search.scan == "full"
+    cols = ["eta_star", "bracket_lo", "bracket_hi", "status"] + (
+        ["eta_min", "non_interval"] if full else []) + ["n_trials", "wall_time"]
     store, cleanup = _store_for(args)
     try:
-        return _one_config(args, tasks, store, ["eta_star", "bracket_lo", "bracket_hi",
-                                                "status", "eta_min", "non_interval",
-                                                "n_trials", "wall_time"])
+        return _one_config(args, tasks, store, cols)
     finally:
         cleanup()
 
@@ -288,10 +382,11 @@ def cmd_sharpness(args) -> int:
     _check_network_args(args)
     tasks = sharpness_tasks([args.dataset], [args.depth], [args.width], args.seeds,
                             min_width_over_depth=0, **_given(args, args._sharp_fields))
+    gn = ["lambda_1_gn"] if tasks[0].gauss_newton else []  # empty without --gauss-newton
     store, cleanup = _store_for(args)
     try:
-        return _one_config(args, tasks, store, ["lambda_1", "lambda_1_eff", "lambda_1_gn",
-                                                "lambda_1_converged", "loss0"])
+        return _one_config(args, tasks, store, ["lambda_1", "lambda_1_eff"] + gn + [
+            "lambda_1_converged", "loss0", "wall_time"])
     finally:
         cleanup()
 
@@ -322,9 +417,15 @@ def cmd_status(args) -> int:
     tasks = build_tasks(spec)
     store = Store(args.store or spec.store)
     st = sweep_status(tasks, store)
+    running = []  # not done, and claimed by a live sweep now
+    for state in ("pending", "failed", "corrupt"):
+        for t in st.tasks[state]:
+            held = store.claim_holder(t.kind, t.record_config())
+            if held is not None and held[1] == "live":
+                running.append(held[0])
     if args.json:
         print(json.dumps({"config": str(args.config), "kind": spec.kind,
-                          "store": str(store.root), **st.to_dict()}))
+                          "store": str(store.root), **st.to_dict(), "running": len(running)}))
     else:
         print(f"{args.config} ({spec.kind}) in {store.root}:")
         for k in ("done", "pending", "failed", "corrupt"):
@@ -336,6 +437,10 @@ def cmd_status(args) -> int:
             versions[v] = versions.get(v, 0) + 1
         for v, n in sorted(versions.items()):
             print(f"  made by {v}: {n}")
+        if running:
+            owners = sorted({describe_claim(i) for i in running})
+            print(f"  ({len(running)} of the unfinished being computed now by "
+                  f"{'; '.join(owners[:3])}{' ...' if len(owners) > 3 else ''})")
         stale = store.stale_temp_files()
         if stale:
             print(f"  ({len(stale)} leftover temporary file(s) of killed writers, e.g. "
@@ -391,7 +496,7 @@ def cmd_data(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The ``milr`` argument parser (subcommands eta-star, sharpness, sweep, status, data)."""
     fmt = argparse.RawDescriptionHelpFormatter
-    ap = argparse.ArgumentParser(prog="milr", description=__doc__, formatter_class=fmt)
+    ap = _Parser(prog="milr", description=__doc__, formatter_class=fmt)
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     def one_config_parser(name, help_, example):
@@ -399,9 +504,12 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=fmt)
         g = p.add_argument_group("network")
         g.add_argument("--dataset", required=True, choices=DATASETS)
-        g.add_argument("--depth", type=int, required=True, help="hidden layers d >= 1")
-        g.add_argument("--width", type=int, required=True, help="units per hidden layer w >= 1")
-        g.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="SEED",
+        g.add_argument("--depth", type=_typed(int, "an integer >= 1"), required=True,
+                       help="hidden layers d >= 1")
+        g.add_argument("--width", type=_typed(int, "an integer >= 1"), required=True,
+                       help="units per hidden layer w >= 1")
+        g.add_argument("--seeds", type=_typed(int, "an integer >= 0"), nargs="+", default=[0],
+                       metavar="SEED",
                        help="one task per seed, integers >= 0 (default 0)")
         p.add_argument("--json", action="store_true", help="print one JSON line per seed")
         p.add_argument("--no-store", action="store_true",
@@ -414,16 +522,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eta_star,
                    _trial_fields=_add_dataclass_options(
                        p, TrialConfig, ("dataset", "depth", "width"), "trial rules",
-                       _TRIAL_HELP),
+                       _TRIAL_HELP, "trial", _DEFAULTS_NOTE),
                    _search_fields=_add_dataclass_options(p, SearchConfig, (), "search rules",
-                                                         _SEARCH_HELP))
+                                                         _SEARCH_HELP, "search"))
     _add_run_options(p, default_workers="1")
 
     p = one_config_parser("sharpness", "lambda_1 (top Hessian eigenvalue of the training "
                           "loss) at initialisation of one configuration",
                           "milr sharpness --dataset gaussian --depth 2 --width 64 --seeds 0 1")
     fields = _add_dataclass_options(p, SharpnessTask, ("dataset", "depth", "width", "seed"),
-                                    "sharpness options")
+                                    "sharpness options", _SHARP_HELP, "sharpness",
+                                    _DEFAULTS_NOTE)
     p.set_defaults(func=cmd_sharpness, _sharp_fields=fields)
     _add_run_options(p, default_workers="1")
 

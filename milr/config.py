@@ -18,13 +18,13 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
-from .data import (CHANCE_ACCURACY, DATASETS, DEFAULT_THRESHOLDS, available_datasets,
-                   load_dataset)
+from .data import (CHANCE_ACCURACY, DATASETS, DEFAULT_THRESHOLDS, SPLIT_SIZES, DataNotFoundError,
+                   available_datasets, load_dataset)
 
 __all__ = ["TrialConfig", "SearchConfig", "config_key", "check_int", "check_float",
            "check_dataset", "check_int_list", "check_datasets", "check_seeds", "check_grid",
            "check_device", "check_device_available", "check_workers", "check_scheduler",
-           "check_datasets_available", "usable_cores"]
+           "check_datasets_available", "usable_cores", "check_split_rows"]
 
 DTYPES = ("float32", "float64")
 _DEVICE_RE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
@@ -42,6 +42,28 @@ def check_int(name: str, value, lo: int = 1, hi: int | None = None) -> int:
     if value < lo or (hi is not None and value > hi):
         rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
         raise ValueError(f"{name}={value} must be an integer {rng}")
+    return value
+
+
+def check_split_rows(name: str, value, dataset: str, split: str) -> int:
+    """``value`` as a number of rows in ``[1, rows of the split]`` of ``dataset`` (``split``:
+    ``"train"`` or ``"val"``; sizes from :data:`milr.data.SPLIT_SIZES`, known without
+    loading); ``None`` means the whole split (resolved here, so the key holds the number).
+    Else ``TypeError``/``ValueError`` naming ``name``. A subset never silently shrinks to the
+    rows there are: its size keys records, so it must be what is computed. A data set
+    without a known size is checked only for ``>= 1`` (and cannot take ``None``)."""
+    sizes = SPLIT_SIZES.get(dataset)
+    rows = None if sizes is None else sizes[0 if split == "train" else 1]
+    what = "training" if split == "train" else "validation"
+    if value is None:
+        if rows is None:
+            raise ValueError(f"{name}=None (the whole {what} split) needs the split size of "
+                             f"{dataset}, which is not known; give a number")
+        return rows
+    value = check_int(name, value, 1)
+    if rows is not None and value > rows:
+        raise ValueError(f"{name}={value} must be an integer in [1, {rows}]: {dataset} has "
+                         f"{rows} {what} rows")
     return value
 
 
@@ -178,13 +200,25 @@ def check_scheduler(address) -> str:
     return address
 
 
-def check_datasets_available(names) -> None:
+def check_datasets_available(names, read: bool = True) -> None:
     """Raise :class:`milr.data.DataNotFoundError` (listing the directories searched) for the
-    first data set in ``names`` whose files cannot be found on this machine."""
+    first data set in ``names`` whose files cannot be found on this machine, and (``read``)
+    ``ValueError`` naming the file for one whose files cannot be read (empty, truncated, a
+    bad magic number): both are the user's to fix, so they stop a sweep before any task runs
+    instead of failing every task. Reading loads each set once (it stays in this process's
+    cache, where a task computed here uses it)."""
     have = set(available_datasets())
     for name in names:
         if name not in have:
             load_dataset(name)  # raises DataNotFoundError with every path searched
+        if not read:
+            continue
+        try:
+            load_dataset(name)
+        except DataNotFoundError:
+            raise
+        except (ValueError, OSError) as exc:
+            raise ValueError(f"data set {name!r} cannot be read: {exc}") from None
 
 
 
@@ -206,7 +240,9 @@ class TrialConfig:
     eval_every: validation accuracy is measured every this many steps and after the last one
         (our choice, default 25).
     n_val: size of the fixed validation subset used for accuracy (our choice, 1000: the first
-        n_val of a seed-0 permutation of the validation split, the same for every trial).
+        n_val of a seed-0 permutation of the validation split, the same for every trial), at
+        most the split's rows (:data:`milr.data.SPLIT_SIZES`); ``None`` means the whole
+        split, resolved to its size here (so the record's key holds the number).
     input_lr_scale: the input layer trains at ``input_lr_scale * eta`` (paper's condition
         (ii); our default 0.01; 0 freezes the input layer), in [0, 1].
     blowup_factor: divergence rule (our choice): a trial fails as diverged as soon as a batch
@@ -222,7 +258,7 @@ class TrialConfig:
     batch_size: int = 64
     step_budget: int = 400
     eval_every: int = 25
-    n_val: int = 1000
+    n_val: int | None = 1000
     input_lr_scale: float = 0.01
     blowup_factor: float = 100.0
     dtype: str = "float32"
@@ -239,7 +275,7 @@ class TrialConfig:
         set_("batch_size", check_int("batch_size", self.batch_size))
         set_("step_budget", check_int("step_budget", self.step_budget))
         set_("eval_every", check_int("eval_every", self.eval_every))
-        set_("n_val", check_int("n_val", self.n_val))
+        set_("n_val", check_split_rows("n_val", self.n_val, self.dataset, "val"))
         set_("input_lr_scale", check_float("input_lr_scale", self.input_lr_scale, 0.0, 1.0))
         set_("blowup_factor", check_float("blowup_factor", self.blowup_factor, 1.0,
                                           lo_open=True))

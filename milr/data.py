@@ -10,6 +10,7 @@ import functools
 import gzip
 import os
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -188,13 +189,17 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read an IDX file (MNIST / Fashion-MNIST format), gzip-compressed or not.
 
     Returns a numpy array with the shape and dtype the header declares (uint8 for the image
-    and label files). Raises ``ValueError`` on a malformed header or a size mismatch.
+    and label files). Raises ``ValueError`` (naming the path) on a malformed header, a size
+    mismatch or a damaged gzip stream.
     Source: the IDX format of LeCun et al.'s MNIST database.
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        raw = fh.read()
+    try:
+        with opener(path, "rb") as fh:
+            raw = fh.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:  # damaged or truncated gzip
+        raise ValueError(f"{path}: not a readable gzip file ({exc})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise ValueError(f"{path}: not an IDX file (bad magic number)")
     dtypes = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}

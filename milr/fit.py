@@ -20,6 +20,9 @@ class PowerLawFit:
         with replacement, ``n_boot`` times, seeded); NaN when fewer than 3 points.
     r2: coefficient of determination of the log-log fit.
     n_used: points used; n_dropped: points dropped as non-finite or non-positive.
+    empty_reason: ``""`` for a real fit; otherwise why there is none (fewer than two usable
+        points, or every usable x equal), and every statistic is NaN. Test it with
+        :attr:`empty` rather than with NaN checks.
     """
 
     alpha: float
@@ -30,6 +33,12 @@ class PowerLawFit:
     n_used: int
     n_dropped: int
     ci: float
+    empty_reason: str = ""
+
+    @property
+    def empty(self) -> bool:
+        """True when there was nothing to fit (see ``empty_reason``)."""
+        return bool(self.empty_reason)
 
     @property
     def c(self) -> float:
@@ -41,7 +50,10 @@ class PowerLawFit:
 
     def label(self, name: str = "\u03b1") -> str:
         """Legend text such as ``α = 0.54 [0.46, 0.61] (95% CI), R² = 0.66``: the bootstrap
-        percentile interval as it is (it need not be symmetric about alpha)."""
+        percentile interval as it is (it need not be symmetric about alpha). An empty fit
+        reads ``α: not enough data (...)``, never a number."""
+        if self.empty:
+            return f"{name}: not enough data ({self.empty_reason})"
         ci = interval_text(self.alpha_lo, self.alpha_hi)
         ci = f"{ci} ({self.ci:.0%} CI)" if ci else ""
         return f"{name} = {self.alpha:.2f}{ci}, R\u00b2 = {self.r2:.2f}"
@@ -74,7 +86,9 @@ def fit_power_law(x, y, n_boot: int = 1000, ci: float = 0.95, seed: int = 0) -> 
 
     Points with a non-finite or non-positive x or y are dropped and counted in ``n_dropped``
     (a ``RuntimeWarning`` reports them); never a crash. With fewer than 2 usable points, or
-    all x equal, every statistic is NaN.
+    all usable x equal, there is nothing to fit: the result has every statistic NaN and
+    ``empty_reason`` saying why (so notebooks can still show it), and a ``RuntimeWarning``
+    says the same.
 
     Raises ``ValueError`` if x and y differ in length or ``ci`` is outside (0, 1).
     Source: our choice (fit log eta* on log d*w, never a plotting library's log-x option).
@@ -93,8 +107,15 @@ def fit_power_law(x, y, n_boot: int = 1000, ci: float = 0.95, seed: int = 0) -> 
     lx, ly = np.log(x[ok]), np.log(y[ok])
     n = lx.size
     nan = math.nan
-    if n < 2 or np.ptp(lx) == 0:
-        return PowerLawFit(nan, nan, nan, nan, nan, n, n_dropped, ci)
+    reason = ""
+    if n < 2:
+        reason = f"{n} usable point{'s' if n != 1 else ''}, need at least 2"
+    elif np.ptp(lx) == 0:
+        reason = f"all {n} usable x are equal ({float(np.exp(lx[0])):.6g})"
+    if reason:
+        warnings.warn(f"fit_power_law: nothing to fit: {reason}; every statistic is NaN",
+                      RuntimeWarning, stacklevel=2)
+        return PowerLawFit(nan, nan, nan, nan, nan, n, n_dropped, ci, reason)
     slope, intercept = _ols(lx, ly)
     resid = ly - (slope * lx + intercept)
     ss_tot = float(((ly - ly.mean()) ** 2).sum())

@@ -53,7 +53,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import SearchConfig, check_dataset, check_float, check_grid, check_int
+from .config import (SearchConfig, check_dataset, check_float, check_grid, check_int,
+                     check_split_rows)
 from .data import CHANCE_ACCURACY, Dataset, load_dataset
 from .models import MLP, layer_lr_scales, make_mlp
 from .search import EtaStarResult, k_section
@@ -410,9 +411,11 @@ class LateLRTask:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
         check_dataset(self.dataset)
         for name, lo in (("depth", 1), ("width", 1), ("seed", 0), ("warmup_steps", 1),
-                         ("trial_steps", 1), ("batch_size", 1), ("n_val", 1), ("n_subset", 1),
-                         ("eval_every", 1), ("window", 1)):
+                         ("trial_steps", 1), ("batch_size", 1), ("eval_every", 1),
+                         ("window", 1)):
             set_(name, check_int(name, getattr(self, name), lo))
+        set_("n_val", check_split_rows("n_val", self.n_val, self.dataset, "val"))
+        set_("n_subset", check_split_rows("n_subset", self.n_subset, self.dataset, "train"))
         for phase in ("warmup_steps", "trial_steps"):
             n_evals = len(_eval_steps(getattr(self, phase), self.eval_every))
             if self.window > n_evals:

@@ -49,7 +49,8 @@ results of the figure notebooks. The rules (our choices; the scorecard notebook 
   first version of this rule asked for R^2 >= 0.8 under every setting, which the default
   setting itself misses on this reduced grid; replaced after the first results.)
 
-A row with no cached data says ``no data``.
+A row with no cached data says ``no data``; one whose fit had fewer than two usable points
+(or all x equal) says ``not enough data``.
 """
 from __future__ import annotations
 
@@ -71,14 +72,17 @@ from .store import Store
 from .sweep import eta_star_tasks, load_results
 from .validate import build_tasks, spec_from_preset
 
-__all__ = ["SUPPORTED", "PARTLY", "NOT_SUPPORTED", "NO_DATA", "VERDICTS", "R2_STRONG",
-           "R2_WEAK", "CLAIMS", "ClaimRow", "verdict_power_law", "verdict_width_depth",
-           "verdict_input_lr", "verdict_late", "verdict_sharpness_relation",
+__all__ = ["SUPPORTED", "PARTLY", "NOT_SUPPORTED", "NO_DATA", "NOT_ENOUGH_DATA", "VERDICTS",
+           "R2_STRONG", "R2_WEAK", "CLAIMS", "ClaimRow", "verdict_power_law",
+           "verdict_width_depth", "verdict_input_lr", "verdict_late", "verdict_sharpness_relation",
            "verdict_sharpness_bounds", "verdict_robustness", "fmt_fit", "intervals_overlap",
            "to_markdown", "scorecard_figure", "collect_scorecard", "RULES", "RULES_MD"]
 
 SUPPORTED, PARTLY, NOT_SUPPORTED, NO_DATA = "supported", "partly", "not supported", "no data"
-VERDICTS = (SUPPORTED, PARTLY, NOT_SUPPORTED, NO_DATA)
+#: The verdict of a rule whose fit had nothing to fit (``PowerLawFit.empty``: fewer than two
+#: usable points, or all x equal): records exist, but too few to test the claim.
+NOT_ENOUGH_DATA = "not enough data"
+VERDICTS = (SUPPORTED, PARTLY, NOT_SUPPORTED, NO_DATA, NOT_ENOUGH_DATA)
 #: R^2 thresholds of the rules (our choice).
 R2_STRONG, R2_WEAK = 0.8, 0.5
 
@@ -122,9 +126,24 @@ def _finite(*xs) -> bool:
     return all(x is not None and math.isfinite(float(x)) for x in xs)
 
 
+def _empty(*fits) -> bool:
+    """Is one of ``fits`` an empty fit (:attr:`milr.fit.PowerLawFit.empty`)?"""
+    return any(getattr(f, "empty_reason", "") for f in fits if f is not None)
+
+
+def _no_fit(*fits) -> str | None:
+    """``no data`` if a fit is missing, ``not enough data`` if one is empty, else None."""
+    if any(f is None for f in fits):
+        return NO_DATA
+    return NOT_ENOUGH_DATA if _empty(*fits) else None
+
+
 def fmt_fit(f, name: str = "α") -> str:
     """``α = 0.62 [0.55, 0.70], R² = 0.91, n = 72`` from a fit (a :class:`PowerLawFit` or
-    anything with alpha, alpha_lo, alpha_hi, r2, n_used)."""
+    anything with alpha, alpha_lo, alpha_hi, r2, n_used); an empty fit reads
+    ``α: not enough data (<why>)``, never a number."""
+    if _empty(f):
+        return f"{name}: {NOT_ENOUGH_DATA} ({f.empty_reason})"
     if f is None or not _finite(f.alpha):
         return f"{name}: no fit"
     return (f"{name} = {f.alpha:.2f}{interval_text(f.alpha_lo, f.alpha_hi)}, "
@@ -140,8 +159,11 @@ def intervals_overlap(a: tuple, b: tuple) -> bool:
 
 
 def verdict_power_law(f) -> str:
-    """The power-law rule (module docstring) for one fit; ``no data`` without a fit."""
-    if f is None or not _finite(f.alpha, f.r2):
+    """The power-law rule (module docstring) for one fit; ``no data`` without a fit,
+    ``not enough data`` for an empty one."""
+    if _no_fit(f):
+        return _no_fit(f)
+    if not _finite(f.alpha, f.r2):
         return NO_DATA
     lo_pos = _finite(f.alpha_lo) and f.alpha_lo > 0
     if f.r2 >= R2_STRONG and lo_pos:
@@ -155,6 +177,8 @@ def verdict_width_depth(reference, breakdown_ratio: float) -> str:
     """Condition (i) rule: the w >> d reference fit and the d/w where the law breaks
     (``inf`` if it never breaks on the grid, NaN without data)."""
     ref = verdict_power_law(reference)
+    if ref == NOT_ENOUGH_DATA:
+        return ref
     if ref == NO_DATA or breakdown_ratio is None or math.isnan(breakdown_ratio):
         return NO_DATA
     if math.isinf(breakdown_ratio) or ref == NOT_SUPPORTED:
@@ -170,7 +194,11 @@ def _law_holds(f) -> bool:
 def verdict_input_lr(fits: dict, small_max: float = 0.01) -> str:
     """Condition (ii) rule (module docstring). ``fits``: ``{input_lr_scale: fit}``; the
     small factors are ``0 < s <= small_max`` (s = 0, a frozen input layer, is not scored).
-    ``no data`` without a small factor and a larger one."""
+    ``no data`` without a small factor and a larger one (``not enough data`` when their fits
+    exist but are empty)."""
+    scored = [f for s, f in fits.items() if float(s) > 0 and f is not None]
+    if scored and all(_empty(f) for f in scored):
+        return NOT_ENOUGH_DATA
     fits = {float(s): f for s, f in fits.items() if f is not None and _finite(f.alpha)}
     small = {s: f for s, f in fits.items() if 0 < s <= small_max}
     large = {s: f for s, f in fits.items() if s > small_max}
@@ -202,7 +230,9 @@ def verdict_late(fit_star, fit_late, fit_ratio, median_ratio: float, fit_late_eo
     at the warmed-up state and ``fit_early_eos``: eta* against lambda_1 at initialisation
     (both fits ``rate ~ lambda_1^-beta``, alpha = beta); ``multiple_late``/``multiple_early``:
     median of rate x lambda_1 / 2 (the multiple of the stability limit)."""
-    if any(f is None or not _finite(f.alpha) for f in (fit_star, fit_late)):
+    if _no_fit(fit_star, fit_late):
+        return _no_fit(fit_star, fit_late)
+    if not _finite(fit_star.alpha, fit_late.alpha):
         return NO_DATA
     disjoint = not intervals_overlap((fit_star.alpha_lo, fit_star.alpha_hi),
                                      (fit_late.alpha_lo, fit_late.alpha_hi))
@@ -223,7 +253,9 @@ def verdict_late(fit_star, fit_late, fit_ratio, median_ratio: float, fit_late_eo
 
 def verdict_sharpness_relation(fit_beta) -> str:
     """Claim 3 rule for the fit eta* ~ lambda_1^-beta (``fit_beta.alpha`` is beta)."""
-    if fit_beta is None or not _finite(fit_beta.alpha, fit_beta.r2):
+    if _no_fit(fit_beta):
+        return _no_fit(fit_beta)
+    if not _finite(fit_beta.alpha, fit_beta.r2):
         return NO_DATA
     related = fit_beta.r2 >= R2_WEAK and _finite(fit_beta.alpha_lo) and fit_beta.alpha_lo > 0
     if not related:
@@ -242,7 +274,9 @@ def verdict_robustness(default, others: Iterable, min_used: float = 2 / 3) -> st
     """Robustness rule (module docstring): ``default`` is the fit at the default threshold
     and budget, ``others`` the fits under the other settings; a fit with ``n_used <
     min_used x (n_used + n_dropped)`` is not scored."""
-    if default is None or not _finite(default.alpha, default.alpha_lo, default.alpha_hi):
+    if _no_fit(default):
+        return _no_fit(default)
+    if not _finite(default.alpha, default.alpha_lo, default.alpha_hi):
         return NO_DATA
     scored = [f for f in others if f is not None and _finite(f.alpha)
               and f.n_used >= min_used * (f.n_used + f.n_dropped)]
@@ -271,7 +305,7 @@ def to_markdown(df: pd.DataFrame) -> str:
 
 
 VERDICT_COLORS = {SUPPORTED: "#a6dba0", PARTLY: "#fee08b", NOT_SUPPORTED: "#f4a582",
-                  NO_DATA: "#e0e0e0"}
+                  NO_DATA: "#e0e0e0", NOT_ENOUGH_DATA: "#e0e0e0"}
 
 
 def scorecard_figure(df: pd.DataFrame, wrap: dict | None = None):

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import check_dataset, check_float, check_grid, check_int
+from .config import check_dataset, check_float, check_grid, check_int, check_split_rows
 from .data import Dataset, load_dataset
 from .models import MLP, layer_lr_scales, make_mlp
 from .train import torch_dtype
@@ -470,7 +470,7 @@ class SharpnessTask:
         set_("depth", check_int("depth", self.depth))
         set_("width", check_int("width", self.width))
         set_("seed", check_int("seed", self.seed, 0))
-        set_("n_subset", check_int("n_subset", self.n_subset))
+        set_("n_subset", check_split_rows("n_subset", self.n_subset, self.dataset, "train"))
         set_("input_lr_scale", check_float("input_lr_scale", self.input_lr_scale, 0.0, 1.0))
         set_("tol", check_float("tol", self.tol, 0.0, 1.0, lo_open=True, hi_open=True))
         if self.solver not in METHODS:

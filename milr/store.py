@@ -29,6 +29,25 @@ Guarantees (our design, tested in ``tests/test_store.py``):
   raises :class:`StoreCollisionError`.
 * Records are strict JSON read with :func:`json.loads`: nothing read from disk is unpickled,
   so a cache shared by someone else cannot run code.
+
+Claims (leases) say who is computing a task now, so that sweeps sharing a store do no work
+twice (:meth:`Store.claim`, used by :mod:`milr.sweep`)::
+
+    <kind>/claims/<key>.claim         {host, pid, process start, claim start, lease_s, token}
+
+* A claim is created atomically: written to a temporary file, then hard-linked to its name
+  (``os.link`` fails if the name exists; where a file system has no hard links,
+  ``O_CREAT | O_EXCL``). Of several processes claiming one task at once exactly one wins.
+* Its owner refreshes it (the file's modification time) every ``lease_s / 4`` seconds and
+  removes it once the task's record or failure note is written, or when the sweep stops.
+* A claim is *live* unless its owner is dead or its lease is stale; only a live claim is
+  respected. **Dead**: the claim was made on this host (same host name and process-id
+  namespace) and its process is gone (no such pid, a zombie, or a pid reused by a process
+  started at another time). **Stale**: not refreshed for more than its own ``lease_s``
+  (default :data:`DEFAULT_LEASE_S`; the only rule for claims made on other hosts). An
+  unreadable claim file counts as live for :data:`UNREADABLE_GRACE_S` seconds after its last
+  change, then as stale. A dead or stale claim is taken over (renamed away, checked, deleted,
+  then claimed anew), so a crashed sweep never blocks a task for ever.
 """
 from __future__ import annotations
 
@@ -42,9 +61,14 @@ import os
 import platform
 import re
 import subprocess
+import socket
 import tempfile
+import threading
+import time
 import traceback as _traceback
+import uuid
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -63,6 +87,8 @@ __all__ = [
     "key_of",
     "DEFAULT_ROOT",
     "STATES",
+    "Claim",
+    "DEFAULT_LEASE_S",
 ]
 
 log = logging.getLogger(__name__)
@@ -588,3 +614,277 @@ class Store:
             row["device"] = rec.get("meta", {}).get("device")
             rows.append(row)
         return pd.DataFrame(rows)
+
+    # -- claims (leases): who computes a task now (see the module docstring) ------------------
+    def claim_path(self, kind: str, config: dict) -> Path:
+        """Where the claim of ``(kind, config)`` lives: ``<kind>/claims/<key>.claim``."""
+        _check_kind(kind)
+        return self.root / kind / "claims" / f"{config_key(kind, _check_config(config))}.claim"
+
+    def claim(self, kind: str, config: dict, lease_s: float | None = None) -> Claim | None:
+        """Claim ``(kind, config)`` for this process: a :class:`Claim`, or None when another
+        process holds a live claim on it (module docstring; a dead or stale claim is taken
+        over). The caller computes the task, then calls :meth:`release_claim`; while it
+        computes it keeps the claim fresh (:meth:`refresh_claim`, every ``lease_s / 4`` s).
+        ``lease_s``: default ``$MILR_LEASE_S``, else :data:`DEFAULT_LEASE_S`."""
+        lease = lease_seconds(lease_s)
+        path = self.claim_path(kind, config)
+        token = uuid.uuid4().hex
+        info = {"host": socket.gethostname(), "pid": os.getpid(), "pid_ns": _pid_namespace(),
+                "proc_start": _proc_start(os.getpid()), "token": token, "lease_s": lease,
+                "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "kind": kind, "key": path.stem}
+        text = json.dumps(info, sort_keys=True)
+        for _ in range(5):
+            with _HELD_LOCK:
+                _HELD.add(token)
+            if _create_claim(path, text):
+                return Claim(path, token, lease, info)
+            with _HELD_LOCK:
+                _HELD.discard(token)
+            got = _read_claim(path)
+            if got is None:
+                continue  # released meanwhile: try again
+            status = claim_status(*got)
+            if status == "live":
+                return None
+            log.info("taking over the %s claim of %s on %s", status, describe_claim(got[0]),
+                     path)
+            _break_claim(path, got[0])
+        return None
+
+    def claim_holder(self, kind: str, config: dict) -> tuple[dict | None, str] | None:
+        """``(info, status)`` of the claim on ``(kind, config)`` (status as
+        :func:`claim_status`), or None if nobody claims it. Reads only."""
+        got = _read_claim(self.claim_path(kind, config))
+        return None if got is None else (got[0], claim_status(*got))
+
+    def refresh_claim(self, claim: Claim) -> bool:
+        """Renew ``claim``'s lease (its file's modification time); False if it is no longer
+        ours (taken over as stale, e.g. after this process was suspended past the lease)."""
+        if not _is_mine(claim):
+            return False
+        try:
+            os.utime(claim.path)
+        except OSError:
+            return False
+        return True
+
+    def release_claim(self, claim: Claim) -> bool:
+        """Remove ``claim``; False (and a warning in the log) if another process had taken it
+        over meanwhile, in which case that process may be computing the same task."""
+        mine = _is_mine(claim)
+        if mine:
+            try:
+                claim.path.unlink()
+            except FileNotFoundError:
+                pass
+        else:
+            log.warning("claim %s was taken over by another process while this one held it (a "
+                        "lease older than %g s); its task may be computed twice", claim.path,
+                        claim.lease_s)
+        with _HELD_LOCK:
+            _HELD.discard(claim.token)
+        return mine
+
+    def claims(self) -> list[tuple[Path, dict | None, str]]:
+        """Every claim in the store: ``(path, info, status)``. Reads only."""
+        out = []
+        if self.root.is_dir():
+            for p in sorted(self.root.glob("*/claims/*.claim")):
+                got = _read_claim(p)
+                if got is not None:
+                    out.append((p, got[0], claim_status(*got)))
+        return out
+
+
+# -- claims (leases): who computes a task now -------------------------------------------------
+
+#: Lease of a claim in seconds (our choice): a claim not refreshed for this long is stale and
+#: may be taken over. Long enough that a loaded machine always refreshes in time (every
+#: lease / 4), short enough that a task of a sweep killed on another host waits at most five
+#: minutes. ``MILR_LEASE_S`` or ``run_sweep(lease_s=...)`` change it.
+DEFAULT_LEASE_S = 300.0
+#: Seconds an unreadable claim file (a writer without hard links caught mid-write, or damage)
+#: counts as live after its last change.
+UNREADABLE_GRACE_S = 60.0
+_HELD: set = set()  # tokens of the claims this process holds now
+_HELD_LOCK = threading.Lock()
+
+
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+def _proc_start(pid: int) -> str | None:
+    """Start time of process ``pid`` (Linux: clock ticks since boot, /proc/<pid>/stat field
+    22), or None where that is unknown."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _process_alive(pid: int, started: str | None) -> bool:
+    """Is process ``pid`` of this host alive, and the one that started at ``started``?"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        pass
+    except OSError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state in ("Z", "X"):  # killed, not yet reaped by its parent
+            return False
+    except (OSError, IndexError):
+        pass
+    now = _proc_start(pid)
+    return started is None or now is None or now == started
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim this process holds on one task (see the module docstring): ``path`` of the
+    claim file, ``token`` (unique per claim), ``lease_s`` (seconds without refresh before it
+    is stale) and the owner's ``info`` as written in the file."""
+
+    path: Path
+    token: str
+    lease_s: float
+    info: dict
+
+
+def _read_claim(path: Path) -> tuple[dict | None, float] | None:
+    """``(info, mtime)`` of a claim file (``info`` None if unreadable); None if absent."""
+    try:
+        mtime = path.stat().st_mtime
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return None, time.time()
+    try:
+        info = json.loads(text)
+        if not isinstance(info, dict) or not isinstance(info.get("token"), str):
+            info = None
+    except ValueError:
+        info = None
+    return info, mtime
+
+
+def claim_status(info: dict | None, mtime: float, now: float | None = None) -> str:
+    """``"live"``, ``"dead"`` or ``"stale"``: the rule of the module docstring for a claim
+    with contents ``info`` (None: unreadable) last refreshed at ``mtime`` (epoch seconds)."""
+    now = time.time() if now is None else now
+    age = now - mtime
+    if info is None:
+        return "stale" if age > UNREADABLE_GRACE_S else "live"
+    if info.get("host") == socket.gethostname() and info.get("pid_ns") == _pid_namespace():
+        pid = info.get("pid")
+        if isinstance(pid, int) and not isinstance(pid, bool):
+            if pid == os.getpid():
+                with _HELD_LOCK:
+                    if info["token"] not in _HELD:
+                        return "dead"  # ours, left by an earlier call that never released
+            elif not _process_alive(pid, info.get("proc_start")):
+                return "dead"
+    try:
+        lease = float(info.get("lease_s", DEFAULT_LEASE_S))
+    except (TypeError, ValueError):
+        lease = DEFAULT_LEASE_S
+    return "stale" if age > lease else "live"
+
+
+def describe_claim(info: dict | None) -> str:
+    """``host:pid since <start>`` of a claim's owner, for messages."""
+    if info is None:
+        return "an unreadable claim"
+    return f"{info.get('host')}:{info.get('pid')} since {info.get('started')}"
+
+
+def _create_claim(path: Path, text: str) -> bool:
+    """Create ``path`` holding ``text`` atomically; False if it exists already."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".claim.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links here (some network or FUSE file systems)
+            pass
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        return True
+    finally:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def _break_claim(path: Path, seen: dict | None) -> None:
+    """Remove the dead or stale claim ``seen`` (None: unreadable) at ``path``. It is renamed
+    away first (atomic: of several breakers one gets it); if what was renamed is a fresh
+    claim someone made meanwhile, it is put back."""
+    grave = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.broken")
+    try:
+        os.rename(path, grave)
+    except FileNotFoundError:
+        return
+    got = _read_claim(grave)
+    info = got[0] if got else None
+    same = (info is None) if seen is None else (info is not None
+                                               and info.get("token") == seen.get("token"))
+    if not same:  # not the claim we judged: give it back
+        try:
+            os.link(grave, path)
+        except FileExistsError:
+            log.warning("claim %s of %s was replaced while it was being restored; that task "
+                        "may be computed twice", path, describe_claim(info))
+        except OSError:
+            if not path.exists():
+                os.rename(grave, path)
+                return
+    try:
+        os.unlink(grave)
+    except OSError:
+        pass
+
+
+def _is_mine(claim: Claim) -> bool:
+    got = _read_claim(claim.path)
+    return bool(got and got[0] is not None and got[0].get("token") == claim.token)
+
+
+def lease_seconds(lease_s: float | None = None) -> float:
+    """The lease to use: ``lease_s``, else ``$MILR_LEASE_S``, else :data:`DEFAULT_LEASE_S`;
+    ``ValueError`` unless it is a finite number > 0."""
+    src = "lease_s"
+    if lease_s is None:
+        env = os.environ.get("MILR_LEASE_S")
+        if env is None:
+            return DEFAULT_LEASE_S
+        src = "MILR_LEASE_S"
+        try:
+            lease_s = float(env)
+        except ValueError:
+            raise ValueError(f"MILR_LEASE_S={env!r} must be a number of seconds > 0") from None
+    if isinstance(lease_s, bool) or not isinstance(lease_s, (int, float)) or not (
+            math.isfinite(lease_s) and lease_s > 0):
+        raise ValueError(f"{src}={lease_s!r} must be a finite number of seconds > 0")
+    return float(lease_s)

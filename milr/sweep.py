@@ -27,15 +27,25 @@ thread count, so pinning it makes a result the same whichever backend or machine
 An interrupted sweep (Ctrl-C, ``SIGKILL``, a lost node) keeps every finished record, and a
 rerun computes only the missing ones. A task that raises is recorded as *failed* (with its
 error, see :meth:`milr.store.Store.put_failure`) and retried by the next run.
+
+Sweeps sharing a store compute each task once: every backend claims a task in the store
+(:meth:`milr.store.Store.claim`) just before handing it to a worker, keeps the claim fresh
+while it runs and releases it once the record is written; a task another sweep has finished
+is skipped, one another live sweep holds is waited for at the end, and the claims of a dead
+sweep (or a stale lease) are taken over. The pool and dask backends keep only as many units
+in flight as they have workers (dask: twice its worker threads), so that what is claimed is
+what is being computed.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import inspect
 import logging
 import os
 import math
 import signal
+import threading
 import time
 import traceback
 import warnings
@@ -46,14 +56,15 @@ import pandas as pd
 
 from .config import (SearchConfig, TrialConfig, check_datasets_available, check_device,
                      check_device_available, check_float, check_grid, check_int,
-                     check_scheduler, check_workers, config_key)
-from .data import INPUT_DIMS, load_dataset
+                     check_scheduler, check_workers, config_key, field_names)
+from .data import INPUT_DIMS, gaussian_bayes_accuracy, load_dataset
 from .search import eta_star
-from .store import Store, run_metadata
+from .store import Store, describe_claim, lease_seconds, run_metadata
 
 __all__ = ["EtaStarTask", "eta_star_tasks", "run_sweep", "load_results", "execute_task", "execute_tasks", "task_units", "largest_first",
            "work_hint", "sweep_status", "SweepStatus", "SweepError",
-           "SweepFailureWarning", "unique_tasks", "task_label", "BACKENDS"]
+           "SweepFailureWarning", "unique_tasks", "task_label", "BACKENDS",
+           "UnreachableThresholdWarning", "warn_unreachable_thresholds"]
 
 log = logging.getLogger(__name__)
 KIND = "eta_star"
@@ -151,6 +162,13 @@ def eta_star_tasks(
     for bad in ("dataset", "depth", "width"):
         if bad in trial:
             raise ValueError(f"trial[{bad!r}] is a grid axis; pass it in {bad}s, not in trial")
+    for name, given, cls in (("trial", trial, TrialConfig), ("search", search or {},
+                                                             SearchConfig)):
+        allowed = [f for f in field_names(cls) if f not in ("dataset", "depth", "width")]
+        unknown = [k for k in given if k not in allowed]
+        if unknown:
+            raise ValueError(f"{name}[{unknown[0]!r}] is not a parameter of {cls.__name__}; "
+                             f"allowed: {', '.join(allowed)}")
     search_cfg = SearchConfig(**(search or {}))
     tasks = []
     for ds in datasets:
@@ -397,13 +415,75 @@ def _bar(total: int | None, enabled: bool, desc: str, position: int = 0, leave: 
                 smoothing=0.1)
 
 
-class _Recorder:
-    """Writes each finished task's record (or failure note) from the submitting process."""
+class _Claims:
+    """The claims (:meth:`milr.store.Store.claim`) this sweep holds, kept fresh by a
+    heartbeat thread (every ``lease_s / 4`` s) and all released when the sweep stops."""
 
-    def __init__(self, store: Store, backend: str, bar, errors: str):
+    def __init__(self, store: Store, lease_s: float):
+        self.store, self.lease_s = store, lease_s
+        self.held: dict = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "_Claims":
+        self._thread = threading.Thread(target=self._beat, name="milr-claims", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        with self._lock:
+            held, self.held = list(self.held.values()), {}
+        for claim in held:
+            with contextlib.suppress(OSError):
+                self.store.release_claim(claim)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.lease_s / 4):
+            with self._lock:
+                held = list(self.held.items())
+            for key, claim in held:
+                with contextlib.suppress(OSError):
+                    if not self.store.refresh_claim(claim):
+                        log.warning("lost the claim on %s (taken over as stale); another "
+                                    "sweep may compute it too", claim.path)
+
+    def take(self, task) -> bool:
+        """Claim ``task``; False if another live process holds it."""
+        claim = self.store.claim(task.kind, task.record_config(), self.lease_s)
+        if claim is None:
+            return False
+        with self._lock:
+            self.held[task_key(task)] = claim
+        return True
+
+    def release(self, task) -> None:
+        with self._lock:
+            claim = self.held.pop(task_key(task), None)
+        if claim is not None:
+            self.store.release_claim(claim)
+
+    def holder(self, task) -> str:
+        """Who holds ``task``'s claim (``host:pid since ...``), for messages."""
+        got = self.store.claim_holder(task.kind, task.record_config())
+        return "nobody now" if got is None else describe_claim(got[0])
+
+
+class _Recorder:
+    """Writes each finished task's record (or failure note) from the submitting process, then
+    releases its claim."""
+
+    def __init__(self, store: Store, backend: str, bar, errors: str, claims: _Claims,
+                 recompute: bool = False, group_seeds: bool = True):
         self.store, self.backend, self.bar, self.errors = store, backend, bar, errors
+        self.claims, self.recompute, self.group_seeds = claims, recompute, group_seeds
         self.failures: list[tuple[str, str]] = []
         self.n_done = 0
+        self.by_others: list[str] = []        # labels of tasks another sweep finished
+        self.failed_by_others: list[str] = []  # ... or failed while this one waited
 
     def __call__(self, task, payload: dict) -> None:
         """Record one task's payload (a record, or a failure note)."""
@@ -411,19 +491,23 @@ class _Recorder:
         meta["backend"] = self.backend
         label = task_label(task)
         cfg = task.record_config()
-        if payload["ok"]:
-            self.store.put(task.kind, cfg, payload["result"], meta)
-            self.n_done += 1
-            res = payload["result"]
-            short = ", ".join(f"{k}={res[k]:.4g}" for k in ("eta_star", "lambda_1", "sharpness")
-                              if isinstance(res.get(k), float))
-            log.info("done %s in %.1f s %s", label, meta.get("wall_time", math.nan), short)
-            self.bar.set_postfix_str(f"{label} {short}"[-60:], refresh=False)
-        else:
-            self.store.put_failure(task.kind, cfg, payload["error"], meta,
-                                   tb=payload.get("traceback"))
-            self.failures.append((label, payload["error"]))
-            log.error("failed %s: %s", label, payload["error"])
+        try:
+            if payload["ok"]:
+                self.store.put(task.kind, cfg, payload["result"], meta)
+                self.n_done += 1
+                res = payload["result"]
+                short = ", ".join(f"{k}={res[k]:.4g}" for k in ("eta_star", "lambda_1",
+                                                                 "sharpness")
+                                  if isinstance(res.get(k), float))
+                log.info("done %s in %.1f s %s", label, meta.get("wall_time", math.nan), short)
+                self.bar.set_postfix_str(f"{label} {short}"[-60:], refresh=False)
+            else:
+                self.store.put_failure(task.kind, cfg, payload["error"], meta,
+                                       tb=payload.get("traceback"))
+                self.failures.append((label, payload["error"]))
+                log.error("failed %s: %s", label, payload["error"])
+        finally:
+            self.claims.release(task)
         self.bar.update(1)
 
     def unit(self, tasks: list, payloads: list[dict]) -> None:
@@ -438,29 +522,115 @@ class _Recorder:
                              f"{payload.get('traceback', '')}", self.failures)
 
 
-def _run_serial(units, rec: _Recorder, device, torch_threads, recompute, progress):
-    for unit in units:
-        todo = []
-        for task in unit:
-            if not recompute and rec.store.state(task.kind, task.record_config()) == "done":
-                rec.bar.update(1)  # finished meanwhile by another sweep sharing the store
-                log.info("skip %s: finished by another process", task_label(task))
-            else:
-                todo.append(task)
-        if not todo:
+class _Source:
+    """Hands a backend the next unit to compute, with each of its tasks claimed.
+
+    Before a task is computed: finished (by another sweep sharing the store)? then it is
+    skipped; claimed by another live process? then it is set aside, and looked at again every
+    ``poll_s`` seconds until that process has finished it (skipped), failed it (reported, not
+    retried: the next run retries it) or died or let its lease go stale (then it is claimed
+    and computed here). A unit whose tasks are partly held elsewhere runs with the rest.
+    """
+
+    def __init__(self, units, rec: _Recorder):
+        self.queue = collections.deque(units)
+        self.claimed: collections.deque = collections.deque()  # units of claimed tasks
+        self.rec = rec
+        self.poll_s = min(1.0, rec.claims.lease_s / 10)
+        self.deferred: list[tuple] = []  # (task, time it was set aside)
+        self._next_poll = 0.0
+        self._waiting_said = False
+
+    @property
+    def finished(self) -> bool:
+        """Nothing left to hand out, now or later."""
+        return not self.queue and not self.claimed and not self.deferred
+
+    def _done_elsewhere(self, task) -> bool:
+        if self.rec.store.state(task.kind, task.record_config()) != "done":
+            return False
+        self.rec.by_others.append(task_label(task))
+        self.rec.bar.update(1)
+        log.info("skip %s: finished by another sweep", task_label(task))
+        return True
+
+    def _ready(self, task, since: float | None = None) -> bool:
+        """Claim ``task`` if it still needs computing here (``since``: set aside then)."""
+        if (since is not None or not self.rec.recompute) and self._done_elsewhere(task):
+            return False
+        if since is not None:  # did its owner fail it while we waited? then leave it
+            note = self.rec.store.failure_path(task.kind, task.record_config())
+            with contextlib.suppress(OSError):
+                if note.stat().st_mtime >= since and not self.rec.store.claim_holder(
+                        task.kind, task.record_config()):
+                    self.rec.failed_by_others.append(task_label(task))
+                    self.rec.bar.update(1)
+                    log.warning("%s failed in another sweep; not retried now (the next run "
+                                "retries it)", task_label(task))
+                    return False
+        if not self.rec.claims.take(task):
+            if since is None:
+                log.info("skip %s for now: being computed by %s", task_label(task),
+                         self.rec.claims.holder(task))
+            self.deferred.append((task, since if since is not None else time.time()))
+            return False
+        if (since is not None or not self.rec.recompute) and self._done_elsewhere(task):
+            self.rec.claims.release(task)  # finished between the check and the claim
+            return False
+        return True
+
+    def take(self) -> list | None:
+        """The next unit (a list of claimed tasks), or None if none can start now."""
+        if self.claimed:
+            return self.claimed.popleft()
+        while self.queue:
+            ready = [t for t in self.queue.popleft() if self._ready(t)]
+            if ready:
+                return ready
+        if self.deferred and time.monotonic() >= self._next_poll:
+            self._next_poll = time.monotonic() + self.poll_s
+            waiting, self.deferred = self.deferred, []
+            ready = [t for t, since in waiting if self._ready(t, since)]
+            self.claimed.extend(task_units(ready, self.rec.group_seeds))
+            if self.claimed:
+                return self.claimed.popleft()
+            if self.deferred and not self._waiting_said:
+                self._waiting_said = True
+                owners = sorted({self.rec.claims.holder(t) for t, _ in self.deferred})
+                log.warning("waiting for %d task(s) being computed by another sweep (%s); "
+                            "they are taken over if it stops", len(self.deferred),
+                            "; ".join(owners[:3]) + (" ..." if len(owners) > 3 else ""))
+                self.rec.bar.set_postfix_str(f"waiting for {len(self.deferred)} task(s) of "
+                                             "another sweep", refresh=True)
+        return None
+
+    def pause(self) -> None:
+        """Sleep until the next look at the tasks set aside."""
+        time.sleep(max(0.0, self._next_poll - time.monotonic()))
+
+
+def _run_serial(units, rec: _Recorder, device, torch_threads, progress):
+    src = _Source(units, rec)
+    while not src.finished:
+        todo = src.take()
+        if todo is None:
+            src.pause()
             continue
-        trials = _bar(None, progress, "  trials", position=1, leave=False)
+        trials = []  # the trials bar, made at the first trial (none for tasks without any)
 
         def on_trial(r, trials=trials):
-            trials.update(1)
+            if not trials:
+                trials.append(_bar(None, progress, "  trials", position=1, leave=False))
+            trials[0].update(1)
             eta, reason = getattr(r, "eta", math.nan), getattr(r, "reason", "")
-            trials.set_postfix_str(f"eta={eta:.3g} {reason}", refresh=False)
+            trials[0].set_postfix_str(f"eta={eta:.3g} {reason}", refresh=False)
 
         try:
             payloads = execute_tasks(todo, device, torch_threads,
                                      on_trial=on_trial if progress else None)
         finally:
-            trials.close()
+            for bar in trials:
+                bar.close()
         rec.unit(todo, payloads)
 
 
@@ -475,10 +645,19 @@ def _log_files() -> list[tuple[str, int, str | None]]:
     return out
 
 
-def _pool_worker_init(torch_threads, log_files=()):
-    """Pool worker set-up: torch threads, ignore Ctrl-C (the parent stops us), die with the
-    parent (Linux ``PR_SET_PDEATHSIG``) so a killed sweep leaves no orphans, and append to the
-    parent's log files."""
+def _pool_worker_init(torch_threads, log_files=(), parent: int | None = None):
+    """Pool worker set-up: die with the parent (Linux ``PR_SET_PDEATHSIG``; and at once if
+    the parent ``pid`` died while this worker was starting) so a killed sweep leaves no
+    orphans, ignore Ctrl-C (the parent stops us), torch threads, and append to the parent's
+    log files."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: orphans finish their task and exit
+        pass
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)  # the sweep was killed before this worker was ready
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if log_files:
         milr_log = logging.getLogger("milr")
@@ -493,12 +672,6 @@ def _pool_worker_init(torch_threads, log_files=()):
         import torch
 
         torch.set_num_threads(int(torch_threads))
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: orphans finish their task and exit
-        pass
 
 
 def _failed_unit(unit, exc: BaseException, device) -> list[dict]:
@@ -507,25 +680,50 @@ def _failed_unit(unit, exc: BaseException, device) -> list[dict]:
     return [{**_failure(exc), "meta": {"device": device}} for _ in unit]
 
 
-def _run_pool(units, rec: _Recorder, device, torch_threads, workers):
+def _pool_executor(workers: int, torch_threads):
+    """The local pool: ``workers`` spawned processes set up by :func:`_pool_worker_init`."""
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import ProcessPoolExecutor
 
-    ex = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                             initializer=_pool_worker_init,
-                             initargs=(torch_threads, _log_files()))
-    futures = {}
+    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                               initializer=_pool_worker_init,
+                               initargs=(torch_threads, _log_files(), os.getpid()))
+
+
+def _run_pool(units, rec: _Recorder, device, torch_threads, workers, ex=None):
+    """At most ``workers`` units in flight on the pool ``ex`` (default: a new
+    :func:`_pool_executor`; shut down on return), each claimed just before it is submitted
+    (so two sweeps sharing a store split the work)."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    src = _Source(units, rec)
+    ex = _pool_executor(workers, torch_threads) if ex is None else ex
+    inflight: dict = {}
     try:
-        futures = {ex.submit(execute_tasks, u, device, torch_threads): u for u in units}
-        for fut in as_completed(futures):
-            unit = futures[fut]
-            try:
-                payloads = fut.result()
-            except Exception as exc:  # noqa: BLE001 - e.g. a worker killed by the OS
-                payloads = _failed_unit(unit, exc, device)
-            rec.unit(unit, payloads)
+        while not (src.finished and not inflight):
+            while len(inflight) < workers:
+                unit = src.take()
+                if unit is None:
+                    break
+                try:
+                    inflight[ex.submit(execute_tasks, unit, device, torch_threads)] = unit
+                except BrokenProcessPool as exc:  # a worker was killed (e.g. by the OS)
+                    rec.unit(unit, _failed_unit(unit, exc, device))
+            if not inflight:
+                src.pause()
+                continue
+            done, _ = wait(list(inflight), timeout=src.poll_s if src.deferred else None,
+                           return_when=FIRST_COMPLETED)
+            for fut in done:
+                unit = inflight.pop(fut)
+                try:
+                    payloads = fut.result()
+                except Exception as exc:  # noqa: BLE001 - e.g. a worker killed by the OS
+                    payloads = _failed_unit(unit, exc, device)
+                rec.unit(unit, payloads)
     except BaseException:
-        for f in futures:
+        for f in inflight:
             f.cancel()
         for p in list(getattr(ex, "_processes", {}).values()):  # stop running tasks now
             p.terminate()
@@ -547,28 +745,50 @@ def _dask_client(scheduler, dask_workers):
 
 def _run_dask(units, rec: _Recorder, device, torch_threads, client, scheduler, dask_workers,
               datasets, check_data):
-    from dask.distributed import as_completed
+    """Like :func:`_run_pool`, with twice as many units in flight as the cluster has worker
+    threads (at least 2; re-read as the cluster grows), each claimed just before it is
+    submitted."""
+    from dask.distributed import wait
 
     own = client is None
     cluster = None
     if own:
         client, cluster = _dask_client(scheduler, dask_workers)
-    futures = {}
+    src = _Source(units, rec)
+    inflight: dict = {}
     try:
         if check_data and datasets:  # the data must be where the workers are
             client.submit(check_datasets_available, sorted(datasets), pure=False).result()
-        futures = {client.submit(execute_tasks, u, device, torch_threads, pure=False): u
-                   for u in units}
-        for fut in as_completed(list(futures)):
-            unit = futures[fut]
+        window, window_at = 2, -math.inf
+        while not (src.finished and not inflight):
+            if time.monotonic() - window_at > 5:
+                with contextlib.suppress(Exception):
+                    window = max(2, 2 * sum(client.nthreads().values()))
+                window_at = time.monotonic()
+            while len(inflight) < window:
+                unit = src.take()
+                if unit is None:
+                    break
+                inflight[client.submit(execute_tasks, unit, device, torch_threads,
+                                       pure=False)] = unit
+            if not inflight:
+                src.pause()
+                continue
             try:
-                payloads = fut.result()
-            except Exception as exc:  # noqa: BLE001 - KilledWorker, lost connection, ...
-                payloads = _failed_unit(unit, exc, device)
-            rec.unit(unit, payloads)
+                done = wait(list(inflight), timeout=src.poll_s if src.deferred else None,
+                            return_when="FIRST_COMPLETED").done
+            except TimeoutError:
+                continue
+            for fut in done:
+                unit = inflight.pop(fut)
+                try:
+                    payloads = fut.result()
+                except Exception as exc:  # noqa: BLE001 - KilledWorker, lost connection, ...
+                    payloads = _failed_unit(unit, exc, device)
+                rec.unit(unit, payloads)
     except BaseException:
         with contextlib.suppress(Exception):
-            client.cancel(list(futures))
+            client.cancel(list(inflight))
         raise
     finally:
         if own:
@@ -577,6 +797,29 @@ def _run_dask(units, rec: _Recorder, device, torch_threads, client, scheduler, d
             if cluster is not None:
                 with contextlib.suppress(Exception):
                     cluster.close()
+
+
+class UnreachableThresholdWarning(UserWarning):
+    """A task's threshold accuracy is above what any classifier reaches on its data set."""
+
+
+def warn_unreachable_thresholds(tasks) -> None:
+    """Warn (:class:`UnreachableThresholdWarning`, once per threshold) for tasks on the
+    Gaussian task whose threshold is at or above its Bayes-optimal accuracy
+    (:func:`milr.data.gaussian_bayes_accuracy`, 0.951): their searches can only end with
+    ``no_success`` (short of sampling luck on the validation subset)."""
+    bayes = gaussian_bayes_accuracy()
+    seen = set()
+    for t in tasks:
+        c = t.record_config()
+        th = c.get("threshold")
+        if c.get("dataset") == "gaussian" and isinstance(th, float) and th >= bayes:
+            if th not in seen:
+                seen.add(th)
+                warnings.warn(f"threshold {th:g} on the Gaussian task is at or above its "
+                              f"Bayes-optimal accuracy {bayes:.3f}: no network can reach it "
+                              "(short of sampling luck on the validation subset), so expect "
+                              "status 'no_success'", UnreachableThresholdWarning, stacklevel=3)
 
 
 def _datasets_of(tasks) -> set:
@@ -603,6 +846,7 @@ def run_sweep(
     errors: str = "continue",
     check_data: bool = True,
     group_seeds: bool = True,
+    lease_s: float | None = None,
 ) -> pd.DataFrame:
     """Compute every task whose record is missing (all if ``recompute``); return the results.
 
@@ -635,6 +879,12 @@ def run_sweep(
         trials cost little, we expect more, not measured). A unit's records are written when all of its seeds
         are done.
         The pool and dask backends start the largest units first (:func:`largest_first`).
+    lease_s: lease of this sweep's claims in seconds (default ``$MILR_LEASE_S``, else
+        :data:`milr.store.DEFAULT_LEASE_S` = 300). Each task is claimed in the store just
+        before it is computed (:meth:`milr.store.Store.claim`) and released once its record
+        is written, so sweeps sharing a store compute each task once: a task finished by
+        another sweep is skipped, one that another live sweep is computing is waited for
+        (and taken over if that sweep dies, or its claim is not refreshed for its lease).
 
     Each finished task is written to ``store`` at once (atomically) by this process, with
     metadata from the process that computed it (code version, library versions, device,
@@ -667,6 +917,7 @@ def run_sweep(
         check_scheduler(scheduler)
     if dask_workers is not None:
         dask_workers = check_int("dask_workers", dask_workers, 1)
+    lease = lease_seconds(lease_s)
     backend = "dask" if dask_given else ("pool" if n_workers > 1 else "serial")
 
     if recompute:
@@ -675,26 +926,44 @@ def run_sweep(
         todo = [t for t in tasks if store.state(t.kind, t.record_config()) != "done"]
     kinds = sorted({t.kind for t in tasks})
     log.info("sweep: %d of %d tasks to compute (backend %s)", len(todo), len(tasks), backend)
+    warn_unreachable_thresholds(todo)
     if todo:
         datasets = _datasets_of(todo)
-        if backend != "dask":
-            check_device_available(device)
-            if check_data:
-                check_datasets_available(sorted(datasets))
         units = task_units(todo, bool(group_seeds))
         if backend == "pool":
             n_workers = min(n_workers, len(units))
-        desc = f"{kinds[0] if len(kinds) == 1 else 'tasks'} ({len(tasks) - len(todo)} cached)"
-        with _bar(len(todo), progress, desc) as bar:
-            rec = _Recorder(store, backend, bar, errors)
-            if backend == "serial" or (backend == "pool" and n_workers == 1):
-                rec.backend = "serial"
-                _run_serial(units, rec, device, torch_threads, recompute, progress)
-            elif backend == "pool":
-                _run_pool(largest_first(units), rec, device, torch_threads, n_workers)
-            else:
-                _run_dask(largest_first(units), rec, device, torch_threads, client, scheduler,
-                          dask_workers, datasets, check_data)
+        serial = backend == "serial" or (backend == "pool" and n_workers == 1)
+        if backend != "dask":
+            check_device_available(device)
+            if check_data:  # a pool's worker reads them (kept in its memory, not in ours)
+                check_datasets_available(sorted(datasets), read=serial)
+        ex = None if serial or backend != "pool" else _pool_executor(n_workers, torch_threads)
+        try:
+            if ex is not None and check_data:  # unreadable files stop us before any task
+                ex.submit(check_datasets_available, sorted(datasets)).result()
+            desc = (f"{kinds[0] if len(kinds) == 1 else 'tasks'} "
+                    f"({len(tasks) - len(todo)} cached)")
+            with _bar(len(todo), progress, desc) as bar, _Claims(store, lease) as claims:
+                rec = _Recorder(store, backend, bar, errors, claims, recompute,
+                                bool(group_seeds))
+                if serial:
+                    rec.backend = "serial"
+                    _run_serial(units, rec, device, torch_threads, progress)
+                elif backend == "pool":
+                    _run_pool(largest_first(units), rec, device, torch_threads, n_workers, ex)
+                else:
+                    _run_dask(largest_first(units), rec, device, torch_threads, client,
+                              scheduler, dask_workers, datasets, check_data)
+        finally:
+            if ex is not None:
+                ex.shutdown(wait=True, cancel_futures=True)
+        if rec.by_others:
+            log.info("%d of %d tasks were finished by another sweep sharing the store",
+                     len(rec.by_others), len(todo))
+        if rec.failed_by_others:
+            warnings.warn(f"{len(rec.failed_by_others)} task(s) failed in another sweep sharing "
+                          f"the store (first: {rec.failed_by_others[0]}); a rerun retries them",
+                          SweepFailureWarning, stacklevel=2)
         if rec.failures:
             first = rec.failures[0]
             warnings.warn(f"{len(rec.failures)} of {len(todo)} tasks failed (first: {first[0]}:"

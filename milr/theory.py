@@ -35,7 +35,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .config import check_float, check_int
+from .config import check_float, check_int, check_split_rows
 from .data import DATASETS, load_dataset
 from .sharpness import SUBSET_SEED, sharpness_subset
 
@@ -561,9 +561,10 @@ class TheoryTask:
         if self.dataset not in DATASETS:
             raise ValueError(f"dataset={self.dataset!r} is not known; allowed: "
                              f"{', '.join(DATASETS)}")
-        for name, lo in (("depth", 1), ("width", 1), ("n_subset", 1), ("n_draws", 2),
+        for name, lo in (("depth", 1), ("width", 1), ("n_draws", 2),
                          ("bound_draws", 2), ("max_depth", 1), ("draw_seed", 0)):
             set_(name, check_int(name, getattr(self, name), lo))
+        set_("n_subset", check_split_rows("n_subset", self.n_subset, self.dataset, "train"))
         set_("input_lr_scale", check_float("input_lr_scale", self.input_lr_scale, 0.0, 1.0))
         set_("level", check_float("level", self.level, 0.0, 1.0, lo_open=True, hi_open=True))
 

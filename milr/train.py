@@ -114,10 +114,14 @@ def batch_indices(n: int, batch_size: int, steps: int, seed: int) -> torch.Tenso
 
 
 def val_subset(data: Dataset, n_val: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fixed validation subset: the first ``n_val`` of a seed-0 permutation of the split
-    (all of it when ``n_val`` is larger)."""
+    """The fixed validation subset: first ``n_val`` of a seed-0 permutation of the split.
+    ``ValueError`` if the split has fewer rows (never a silently smaller subset: ``n_val``
+    keys the record)."""
     n = len(data.y_val)
-    idx = torch.randperm(n, generator=torch.Generator().manual_seed(0))[: min(n_val, n)]
+    if n_val > n:
+        raise ValueError(f"n_val={n_val} must be an integer in [1, {n}]: {data.name} has {n} "
+                         "validation rows")
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:n_val]
     return data.x_val[idx], data.y_val[idx]
 
 

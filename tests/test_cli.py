@@ -75,6 +75,12 @@ def test_entry_points():
      r"device='gpu'"),
     (["sharpness", "--dataset", "gaussian", "--depth", "1", "--width", "0"],
      r"width=0 must be an integer >= 1"),
+    (["eta-star", "--dataset", "gaussian", "--depth", "1", "--width", "8", "--n-val",
+      "10000000"], r"n_val=10000000 must be an integer in \[1, 2000\]: gaussian has 2000 "
+     r"validation rows"),
+    (["sharpness", "--dataset", "gaussian", "--depth", "1", "--width", "8", "--n-subset",
+      "18001"], r"n_subset=18001 must be an integer in \[1, 18000\]: gaussian has 18000 "
+     r"training rows"),
     (["sweep", "nope.yaml"], r"sweep file 'nope.yaml' not found"),
     (["data", "--preset", "huge"], r"preset='huge' is not known"),
 ])
@@ -93,12 +99,112 @@ def test_argparse_rejects_unknown_dataset(capsys):
     assert "invalid choice: 'imagenet'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--width", "2.5"], "argument --width: '2.5' is not an integer >= 1"),
+    (["--depth", "two"], "argument --depth: 'two' is not an integer >= 1"),
+    (["--seeds", "0", "x"], "argument --seeds: 'x' is not an integer >= 0"),
+    (["--tol", "tight"], "argument --tol: 'tight' is not a number"),
+    (["--step-budget", "1e3"], "argument --step-budget: '1e3' is not an integer"),
+    (["--dataset", "gausian"], "argument --dataset: invalid choice: 'gausian' (choose from "
+                               "'gaussian', 'fashion-mnist'"),
+    (["--errors", "stop"], "argument --errors: invalid choice: 'stop' (choose from "
+                           "'continue', 'raise')"),
+])
+def test_option_errors_are_one_line_with_what_is_allowed(argv, message, capsys):
+    base = {"--dataset": "gaussian", "--depth": "1", "--width": "8"}
+    for k in argv[::2]:
+        base.pop(k, None)
+    full = ["eta-star"] + [x for kv in base.items() for x in kv] + argv
+    with pytest.raises(SystemExit) as info:
+        main(full)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "usage:" not in err, err
+    assert err.startswith(f"milr eta-star: error: {message}"), err
+    assert err.rstrip().endswith("; see milr eta-star --help"), err
+
+
+def test_missing_subcommand_or_argument_is_one_line(capsys):
+    for argv, prog in (([], "milr"), (["sweep"], "milr sweep")):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and err.count("\n") == 1, err
+        assert "the following arguments are required" in err and f"see {prog} --help" in err
+
+
+def test_help_is_plain_and_says_where_presets_differ(capsys):
+    def help_of(cmd):
+        with pytest.raises(SystemExit):
+            main([cmd, "--help"])
+        return " ".join(capsys.readouterr().out.split())
+
+    eta = help_of("eta-star")
+    assert "TrialConfig." not in eta and "SearchConfig." not in eta
+    assert "not a preset's" in eta
+    assert "--step-budget N SGD steps before a trial fails (default 400; paper preset: 938)" in eta
+    assert ("--k N batched only: learning rates per refinement round, in [1, 64] (default 3; "
+            "quick preset: 2, paper preset: 8)") in eta
+    assert "--method NAME bisect (Algorithm 1" in eta and "also measures eta_min" in eta
+    assert "Fashion-MNIST 0.75" in eta and "MNIST 0.925" in eta  # the real defaults of t
+    sharp = help_of("sharpness")
+    assert "SharpnessTask." not in sharp
+    assert ("--n-subset N size of the fixed training subset of every HVP, at most the split's "
+            "rows (default 1000; paper preset: 2048)") in sharp
+    assert "--gauss-newton, --no-gauss-newton also compute" in sharp
+
+
 def test_missing_data_set_lists_paths(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MILR_DATA_DIR", str(tmp_path / "nowhere"))
     assert main(["eta-star", "--dataset", "cifar10", "--depth", "1", "--width", "8",
                  "--no-store"]) == 2
     err = capsys.readouterr().err
     assert "data set 'cifar10'" in err and str(tmp_path / "nowhere") in err
+
+
+def _write_idx(path: Path, arr) -> None:
+    import gzip
+
+    import numpy as np
+
+    arr = np.asarray(arr, dtype=np.uint8)
+    head = bytes([0, 0, 0x08, arr.ndim]) + b"".join(int(n).to_bytes(4, "big")
+                                                    for n in arr.shape)
+    data = head + arr.tobytes()
+    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+
+
+@pytest.mark.parametrize("damage, workers", [("empty", "1"), ("bad magic", "1"),
+                                             ("truncated gzip", "1"), ("empty", "2")])
+def test_unreadable_data_file_is_a_usage_error_before_any_task(tmp_path, monkeypatch, capsys,
+                                                               damage, workers):
+    import numpy as np
+
+    d = tmp_path / "data" / "mnist"
+    d.mkdir(parents=True)
+    _write_idx(d / "train-images-idx3-ubyte.gz", np.zeros((20, 28, 28)))
+    _write_idx(d / "train-labels-idx1-ubyte.gz", np.arange(20) % 10)
+    _write_idx(d / "t10k-images-idx3-ubyte.gz", np.zeros((10, 28, 28)))
+    bad = d / "t10k-labels-idx1-ubyte.gz"
+    _write_idx(bad, np.arange(10) % 10)
+    if damage == "empty":
+        bad.write_bytes(b"")
+    elif damage == "bad magic":
+        import gzip
+
+        bad.write_bytes(gzip.compress(b"\x12\x34\x08\x01" + bytes(14)))
+    else:
+        bad.write_bytes(bad.read_bytes()[:-12])
+    monkeypatch.setenv("MILR_DATA_DIR", str(tmp_path / "data"))
+    store = tmp_path / "s"
+    assert main(["eta-star", "--dataset", "mnist", "--depth", "1", "--width", "8",
+                 "--n-val", "10", "--store", str(store), "--seeds", "0", "1",
+                 "--workers", workers]) == 2  # 2: read by a pool worker
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("milr eta-star: error: data set 'mnist' cannot be read: "), err
+    assert str(bad) in err, err
+    assert not store.exists()  # no task ran, no failure note
 
 
 def test_bad_sweep_file_names_file_and_key(tmp_path, capsys):
@@ -108,6 +214,38 @@ def test_bad_sweep_file_names_file_and_key(tmp_path, capsys):
     assert main(["sweep", str(p), "--store", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err
     assert str(p) in err and "trial.treshold is not a known parameter" in err
+
+
+@pytest.mark.parametrize("kind, section, what", [
+    ("eta_star", "trial: {n_val: 2001}", r"n_val=2001 must be an integer in \[1, 2000\]"),
+    ("sharpness", "options: {n_subset: 18001}",
+     r"n_subset=18001 must be an integer in \[1, 18000\]: gaussian has 18000 training rows"),
+])
+def test_subsets_larger_than_the_split_stop_a_dry_run(tmp_path, capsys, kind, section, what):
+    p = tmp_path / "big.yaml"
+    p.write_text(f"kind: {kind}\ndatasets: [gaussian]\ndepths: [1]\nwidths: [8]\nseeds: [0]\n"
+                 f"{section}\n")
+    assert main(["sweep", str(p), "--store", str(tmp_path / "s"), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.search(what, err), err
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_subset_is_never_clipped_under_its_key():
+    """The largest allowed subset is the whole split; the trainer never shrinks a larger one
+    (it would then be keyed as a subset it is not)."""
+    import torch
+
+    from milr.config import TrialConfig
+    from milr.data import SPLIT_SIZES, Dataset
+    from milr.train import val_subset
+
+    assert TrialConfig("gaussian", 1, 8, n_val=SPLIT_SIZES["gaussian"][1]).n_val == 2000
+    small = Dataset("gaussian", torch.zeros(10, 3), torch.zeros(10, dtype=torch.long),
+                    torch.zeros(5, 3), torch.zeros(5, dtype=torch.long), 2)
+    assert len(val_subset(small, 5)[1]) == 5
+    with pytest.raises(ValueError, match=r"n_val=6 must be an integer in \[1, 5\]"):
+        val_subset(small, 6)
 
 
 # -- commands on tiny settings ----------------------------------------------------------------
@@ -139,6 +277,73 @@ def test_json_is_strict_and_no_store_prints_no_dead_paths(capsys):
     assert "not stored (--no-store)" in capsys.readouterr().out
 
 
+def test_table_shows_units_and_no_always_empty_columns(capsys):
+    assert main(ETA + ["--no-store", "-q"]) == 0
+    header = capsys.readouterr().out.splitlines()[0].split()
+    assert header == ["seed", "eta_star", "bracket_lo", "bracket_hi", "status", "n_trials",
+                      "wall_time_s"]  # eta_min, non_interval: measured by --scan full only
+    assert main(ETA + ["--no-store", "-q", "--scan", "full"]) == 0
+    header = capsys.readouterr().out.splitlines()[0].split()
+    assert "eta_min" in header and "non_interval" in header and "wall_time_s" in header
+
+
+def test_unreachable_gaussian_threshold_warns_before_the_search(capsys, monkeypatch):
+    import milr.sweep as sweep
+
+    order = []
+    real = sweep.execute_tasks
+    monkeypatch.setattr(sweep, "execute_tasks",
+                        lambda *a, **k: order.append("search") or real(*a, **k))
+    check = sweep.warn_unreachable_thresholds
+    monkeypatch.setattr(sweep, "warn_unreachable_thresholds",
+                        lambda tasks: order.append("check") or check(tasks))
+    argv = [a if a != "0.85" else "0.99" for a in ETA]
+    assert main(argv + ["--no-store", "-q", "--max-trials", "2"]) == 0
+    err = capsys.readouterr().err
+    assert ("WARNING milr: UnreachableThresholdWarning: threshold 0.99 on the Gaussian task "
+            "is at or above its Bayes-optimal accuracy 0.951") in err
+    assert order[0] == "check" and "search" in order  # checked before any search ran
+    assert main(ETA + ["--no-store", "-q", "--max-trials", "2"]) == 0  # t = 0.85: no warning
+    assert "UnreachableThresholdWarning" not in capsys.readouterr().err
+
+
+def test_warnings_during_progress_bars_are_log_lines(tmp_path, capsys):
+    cfg, store = sweep_file(tmp_path, [0, 1]), tmp_path / "s"
+    assert main(["sweep", str(cfg), "--store", str(store), "--workers", "1", "-q"]) == 0
+    rec = sorted((store / "eta_star").glob("*.json"))[0]
+    rec.write_text(rec.read_text()[:50])  # truncated: moved aside while the bar is shown
+    capsys.readouterr()
+    assert main(["sweep", str(cfg), "--store", str(store), "--workers", "1"]) == 0
+    err = capsys.readouterr().err
+    segments = [seg for seg in re.split(r"[\r\n]", err) if "CorruptRecordWarning" in seg]
+    assert segments, err
+    for seg in segments:  # each alone on its line, never glued to a bar
+        assert seg.startswith("WARNING milr: CorruptRecordWarning: moved corrupt record "), seg
+    assert "eta_star (1 cached)" in err  # the bar was there
+
+
+def test_sharpness_command_shows_no_trials_bar(tmp_path, capsys):
+    assert main(["sharpness", "--dataset", "gaussian", "--depth", "1", "--width", "8",
+                 "--n-subset", "50", "--no-store"]) == 0
+    err = capsys.readouterr().err
+    assert "sharpness (0 cached)" in err and "trials" not in err
+
+
+def test_status_says_which_tasks_another_sweep_is_computing(tmp_path, capsys):
+    cfg, store = sweep_file(tmp_path, [0, 1]), Store(tmp_path / "s")
+    task = build_tasks(load_sweep_file(cfg))[1]
+    path = store.claim_path(task.kind, task.record_config())
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"host": "elsewhere.example", "pid": 4321, "token": "t" * 32,
+                                "lease_s": 300, "started": "2026-01-01T00:00:00+00:00"}))
+    assert main(["status", str(cfg), "--store", str(store.root)]) == 0
+    out = capsys.readouterr().out
+    assert ("(1 of the unfinished being computed now by elsewhere.example:4321 since "
+            "2026-01-01T00:00:00+00:00)") in out, out
+    assert main(["status", str(cfg), "--store", str(store.root), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["running"] == 1
+
+
 def test_sharpness_command(tmp_path, capsys):
     pytest.importorskip("milr.sharpness")
     assert main(["sharpness", "--dataset", "gaussian", "--depth", "2", "--width", "16",
@@ -154,7 +359,7 @@ def test_sweep_status_and_data_share_one_cache(tmp_path, capsys):
     assert main(["status", str(cfg), "--store", str(a), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {
         "config": str(cfg), "kind": "eta_star", "store": str(a), "total": 4, "done": 0,
-        "pending": 4, "failed": 0, "corrupt": 0}
+        "pending": 4, "failed": 0, "corrupt": 0, "running": 0}
     assert main(["sweep", str(cfg), "--store", str(a), "--workers", "1", "-q"]) == 0
     assert main(["data", "--preset", "smoke", "--store", str(b), "--workers", "1", "-q",
                  "--allow-dirty"]) == 0

@@ -43,8 +43,30 @@ def test_too_few_points_gives_nan_not_error():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         f = fit_power_law([1.0, np.nan], [1.0, 2.0])
-    assert math.isnan(f.alpha) and f.n_used == 1
-    assert math.isnan(fit_power_law([2.0, 2.0], [1.0, 3.0]).alpha)
+        assert math.isnan(f.alpha) and f.n_used == 1
+        assert math.isnan(fit_power_law([2.0, 2.0], [1.0, 3.0]).alpha)
+
+
+@pytest.mark.parametrize("x, y, why", [
+    ([1.0, np.nan], [1.0, 2.0], "1 usable point, need at least 2"),
+    ([], [], "0 usable points, need at least 2"),
+    ([-1.0, 0.0, 3.0], [1.0, 1.0, 1.0], "1 usable point, need at least 2"),
+    ([2.0, 2.0, 2.0], [1.0, 3.0, 5.0], "all 3 usable x are equal (2)"),
+])
+def test_nothing_to_fit_warns_and_says_why(x, y, why):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        f = fit_power_law(x, y)
+    assert any("nothing to fit" in str(w.message) and why in str(w.message) for w in caught)
+    assert f.empty and f.empty_reason == why
+    assert all(math.isnan(v) for v in (f.alpha, f.log_c, f.alpha_lo, f.alpha_hi, f.r2))
+    assert f.label() == f"\u03b1: not enough data ({why})"  # shown, never as a number
+    assert f.to_dict()["empty_reason"] == why
+
+
+def test_a_real_fit_is_not_empty():
+    f = fit_power_law([1.0, 2.0], [1.0, 0.5], n_boot=0)
+    assert not f.empty and f.empty_reason == "" and f.alpha == pytest.approx(1.0)
 
 
 def test_fit_input_errors():
@@ -60,3 +82,24 @@ def test_label_quotes_the_bootstrap_interval_as_it_is():
     assert f.label() == "\u03b1 = 0.54 [0.46, 0.61] (95% CI), R\u00b2 = 0.66"
     g = PowerLawFit(0.5, 0.0, math.nan, math.nan, 1.0, 2, 0, 0.95)  # < 3 points: no interval
     assert g.label("\u03b2") == "\u03b2 = 0.50, R\u00b2 = 1.00"
+
+
+def test_scorecard_reads_an_empty_fit_as_not_enough_data():
+    from milr import scorecard as sc
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        empty = fit_power_law([64.0], [0.5])  # one configuration: nothing to fit
+        flat = fit_power_law([64.0, 64.0, 64.0], [0.5, 0.4, 0.6])
+    good = PowerLawFit(0.6, 0.0, 0.5, 0.7, 0.9, 20, 0, 0.95)
+    for f in (empty, flat):
+        assert sc.verdict_power_law(f) == sc.NOT_ENOUGH_DATA
+        assert sc.verdict_sharpness_bounds(f) == sc.NOT_ENOUGH_DATA
+        assert sc.verdict_sharpness_relation(f) == sc.NOT_ENOUGH_DATA
+        assert sc.verdict_width_depth(f, 0.25) == sc.NOT_ENOUGH_DATA
+        assert sc.verdict_late(f, good, None, 1.0) == sc.NOT_ENOUGH_DATA
+        assert sc.verdict_robustness(f, [good]) == sc.NOT_ENOUGH_DATA
+        assert sc.verdict_input_lr({0.01: f, 1.0: f}) == sc.NOT_ENOUGH_DATA
+        text = sc.fmt_fit(f)
+        assert text.startswith("α: not enough data (") and "nan" not in text.lower()
+    assert sc.NOT_ENOUGH_DATA in sc.VERDICTS and sc.verdict_power_law(None) == sc.NO_DATA

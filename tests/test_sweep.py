@@ -172,9 +172,10 @@ def test_two_sweeps_on_one_store(tmp_store, tmp_path):
     assert [r["result"]["square"] for r in sorted(tmp_store.records("fake"),
                                                   key=lambda r: r["config"]["n"])] == [
         float(n * n) for n in range(30)]
-    # the second sweep skipped what the first had finished meanwhile (each checks just
-    # before computing), so far fewer than 60 computations ran
-    assert len(computed(Path(log))) < 45
+    # each sweep claims a task just before computing it and skips what the other has
+    # finished or is computing: every task was computed exactly once
+    assert sorted(computed(Path(log))) == list(range(30))
+    assert tmp_store.claims() == []
 
 
 # -- real tasks: reproducibility across processes and backends --------------------------------
@@ -455,3 +456,14 @@ def test_run_sweep_hands_the_pool_its_units_largest_first(tmp_store, monkeypatch
     tasks = eta_star_tasks(["gaussian"], [1], [16, 64, 32], [0, 1], search={"method": "batched"})
     run_sweep(tasks, tmp_store, progress=False, workers=2)
     assert seen == [[64, 64], [32, 32], [16, 16]]
+
+
+@pytest.mark.parametrize("kw, what", [
+    (dict(trial={"lr": 1}), r"trial\['lr'\] is not a parameter of TrialConfig; allowed: "
+                            r"threshold, batch_size, step_budget, eval_every, n_val, "),
+    (dict(search={"tol": 0.2, "eta_max": 3}), r"search\['eta_max'\] is not a parameter of "
+                                              r"SearchConfig; allowed: eta_lo, eta_hi, tol, "),
+])
+def test_unknown_trial_or_search_names_list_the_allowed_ones(kw, what):
+    with pytest.raises(ValueError, match=what):
+        eta_star_tasks(["gaussian"], [1], [8], [0], **kw)
