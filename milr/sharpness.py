@@ -578,7 +578,7 @@ class SharpnessTask:
         ``"arpack"`` and ``"power"`` the Ritz residual (<= tol |lambda_1|, stricter).
         solver: ``"lanczos"`` (default), ``"arpack"`` or ``"power"``. Records made before
         ``"arpack"`` existed hold ARPACK's answers under ``solver="lanczos"``; they agree
-        with this Lanczos within 1e-4 relative (README, Performance), so they keep their
+        with this Lanczos within 1e-4 relative (README, Performance: λ1), so they keep their
         keys. solver_seed: start-vector seed; ncv: ARPACK's basis size (default 8; used by
         ``"arpack"`` and by Lanczos's fallback).
     gauss_newton: also compute the Gauss-Newton part's top eigenvalues (plain and effective).
