@@ -3,8 +3,9 @@
 The paper (Sec. 5) compares eta* with the sharpness lambda_1 at initialisation, the largest
 eigenvalue of the Hessian of the training loss. Everything here is matrix-free: the Hessian
 is only ever applied to vectors (Hessian-vector products, HVPs), and the top eigenvalue is
-found with scipy's ARPACK Lanczos solver (``eigsh``, ``which='LA'``) or, as a baseline and a
-second algorithm for the tests, plain power iteration.
+found with a Lanczos iteration that stops once the eigenvalue (not its eigenvector) is known
+to the accuracy asked for; scipy's ARPACK (``eigsh``, ``which='LA'``) and plain power
+iteration are the fallback, the baselines and the tests' second algorithms.
 
 Our choices (documented in the README, "Sharpness and theory"):
 
@@ -22,10 +23,12 @@ Our choices (documented in the README, "Sharpness and theory"):
   sharpness that decides the stability of gradient descent when layers train at different
   rates (GD with rates eta*P on a quadratic is stable iff eta * lambda_max(P H) < 2, and
   P H is similar to P^{1/2} H P^{1/2}).
-* **Solver**: Lanczos via ``eigsh(which='LA', k=1)``: the algebraically largest eigenvalue,
-  with its sign, not the largest in magnitude; seeded Gaussian start vector; ``tol`` is
-  ARPACK's relative tolerance (Ritz residual <= tol * |lambda|). Products run in float64 by
-  default.
+* **Solver**: Lanczos with full reorthogonalisation (:func:`lanczos_top_eigenvalue`): the
+  algebraically largest eigenvalue, with its sign, not the largest in magnitude; seeded
+  Gaussian start vector; it stops when an error bound on the eigenvalue is <= tol * |lambda|
+  on two consecutive steps, and falls back to ARPACK (``eigsh(which='LA', k=1)``,
+  :func:`arpack_top_eigenvalue`) past its basis cap. Products run in float64 by default;
+  float32 products (``dtype``/``hvp_dtype``) keep the Lanczos arithmetic in float64.
 
 HVPs use double backward, ``grad(grad(L) . v)``, rebuilt for every product, so no autograd
 graph outlives a product and memory stays flat over any number of products.
@@ -53,6 +56,7 @@ __all__ = [
     "sharpness_subset",
     "parameter_scales",
     "lanczos_top_eigenvalue",
+    "arpack_top_eigenvalue",
     "power_iteration_top_eigenvalue",
     "top_eigenvalue",
     "sharpness",
@@ -67,7 +71,7 @@ KIND = "sharpness"
 #: Seed of the permutation of the training split whose first n_subset rows form the subset.
 SUBSET_SEED = 0
 PARTS = ("hessian", "gauss_newton")
-METHODS = ("lanczos", "power")
+METHODS = ("lanczos", "arpack", "power")
 HVP_DTYPES = ("float32", "float64")
 
 
@@ -238,12 +242,16 @@ class EigenResult:
     eigenvalue: lambda_1, in the operator's units (for the loss Hessian: loss per unit
         parameter squared; 2 / lambda_1 is then a learning rate). NaN if nothing was found.
     residual_norm: ``||A v - lambda_1 v||`` for the returned unit vector v (same units).
-    n_hvp: operator products used, including the one that measures the residual.
-    converged: the solver met its tolerance (residual <= tol * |lambda_1|).
-    method: ``"lanczos"``, ``"power"`` or ``"lanczos->power"`` (ARPACK broke down, see
-        :func:`lanczos_top_eigenvalue`); tol: the tolerance asked for.
-    wall_time: seconds. history: power iteration's Rayleigh quotients, one per product (only
-        with ``history=True``). eigenvector: the unit vector (not serialised).
+    n_hvp: operator products used (for ARPACK and power iteration including the one that
+        measures the residual).
+    converged: the solver met its tolerance (Lanczos: error bound <= tol * |lambda_1|;
+        ARPACK and power iteration: residual <= tol * |lambda_1|).
+    method: ``"lanczos"``, ``"arpack"``, ``"power"``, or a fallback ``"lanczos->arpack"``,
+        ``"arpack->power"`` (see the solvers); tol: the tolerance asked for.
+    wall_time: seconds. error_bound: Lanczos's bound on ``lambda_max - eigenvalue`` (same
+        units; NaN for the other solvers). history: power iteration's Rayleigh quotients, one
+        per product (only with ``history=True``). eigenvector: the unit vector (not
+        serialised).
     """
 
     eigenvalue: float
@@ -253,6 +261,7 @@ class EigenResult:
     method: str
     tol: float
     wall_time: float
+    error_bound: float = math.nan
     history: list = field(default_factory=list)
     eigenvector: np.ndarray | None = field(default=None, repr=False)
 
@@ -277,35 +286,159 @@ def _start_vector(n: int, seed: int) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
+def _counted(matvec, count):
+    def mv(v):
+        count[0] += 1
+        return np.asarray(matvec(np.asarray(v, dtype=np.float64).ravel()), dtype=np.float64)
+    return mv
+
+
+#: Default cap on the Lanczos basis (vectors kept for the full reorthogonalisation): memory
+#: is (cap + 1) n float64 numbers; past it the run falls back to ARPACK (restarted).
+LANCZOS_MAX_BASIS = 40
+
+
+def _ritz_bound(theta, resid):
+    """Error bound on lambda_max - theta[0] from the two top Ritz pairs (see
+    :func:`lanczos_top_eigenvalue`): ``min(r1, r1^2 / gap)``, gap = theta1 - (theta2 + r2)."""
+    r1 = resid[0]
+    if len(theta) < 2:
+        return r1
+    gap = theta[0] - (theta[1] + resid[1])
+    return min(r1, r1 * r1 / gap) if gap > 0 else r1
+
+
 def lanczos_top_eigenvalue(matvec: Callable[[np.ndarray], np.ndarray], n: int,
                            tol: float = 1e-6, seed: int = 0, maxiter: int | None = None,
-                           ncv: int | None = 8) -> EigenResult:
+                           ncv: int | None = 8, fallback: bool = True) -> EigenResult:
+    """Algebraically largest eigenvalue of a symmetric ``n x n`` operator by Lanczos with full
+    reorthogonalisation, stopped as soon as the *eigenvalue* is known to relative accuracy
+    ``tol`` (not its eigenvector, which is what ARPACK's residual test converges).
+
+    Parameters
+    ----------
+    matvec: ``v (n,) float64 -> A v (n,) float64``; A must be symmetric (products rounded in
+        float32 are fine: all Lanczos arithmetic is float64 and uses the products as returned).
+    n: dimension, >= 1. tol: relative accuracy asked of lambda_1, in (0, 1).
+    seed: seed of the Gaussian start vector (same seed, same answer and HVP count).
+    maxiter: Lanczos steps (= products = basis vectors kept) before the fallback; default
+        ``min(n, LANCZOS_MAX_BASIS)`` (memory: maxiter + 1 vectors of n float64).
+    ncv: ARPACK basis size of the fallback. fallback: ``False`` returns the best Ritz pair
+        with ``converged=False`` instead of falling back.
+
+    Method (textbook Lanczos, Parlett, *The Symmetric Eigenvalue Problem*, ch. 13; our
+    choices for the bound and the stop). Step k applies A to the newest basis vector,
+    orthogonalises the product against *all* basis vectors (classical Gram-Schmidt, twice)
+    and records every coefficient, so ``A Q_k = Q_{k+1} H_k`` holds exactly for the products
+    as returned (H_k is (k+1) x k, tridiagonal up to rounding). The Ritz pairs
+    (theta_i, y_i = Q_k s_i) come from the symmetric part of the top k x k block, theta_1
+    being the largest (``which='LA'``: the algebraically largest, with its sign), and each
+    residual ``r_i = ||A y_i - theta_i y_i|| = ||H_k s_i - theta_i [s_i; 0]||`` costs no
+    product. Error bound (Kato-Temple, with the gap estimated from the second Ritz pair):
+
+        0 <= lambda_1 - theta_1 <= eps_k = min(r_1, r_1^2 / gap),  gap = theta_1 - (theta_2 + r_2)
+
+    (theta_1 <= lambda_1 always, a Rayleigh quotient; an eigenvalue lies within r_2 of
+    theta_2, taken to be lambda_2; eps_k = r_1 when gap <= 0). Stop at step k when
+    ``eps_k <= tol |theta_1|`` *and*, as a safety check that does not rely on the estimated
+    gap, theta_1 has settled: ``|theta_1(k) - theta_1(k-1)| <= tol |theta_1(k)|``; or when
+    the basis spans an invariant subspace (r_1 = 0: exact). On the known spectra of the tests
+    and the networks of ``make bench`` the actual error stays below ~0.4 tol (the bound
+    itself is never beaten). What no Krylov method
+    can exclude remains: an eigenvalue above theta_1 whose eigenvector is (nearly) orthogonal
+    to the start vector; a seeded Gaussian start makes this improbable, not impossible.
+
+    Returns an :class:`EigenResult` with method ``"lanczos"``, ``error_bound = eps_k`` (the
+    absolute bound), ``residual_norm = r_1`` and the products used (no extra product: the
+    residual comes from H_k). Without convergence after ``maxiter`` steps it falls back to
+    :func:`arpack_top_eigenvalue` started from the best Ritz vector (method
+    ``"lanczos->arpack"``, HVPs of both counted). Non-finite products end the run with NaN
+    and ``converged=False``. Source: DESIGN.md habits (``which='LA'``, seeded start, stated
+    tolerance, residual, HVP count).
+    """
+    n, tol, seed, maxiter = _check_solver_args(n, tol, seed, maxiter)
+    m = min(n, LANCZOS_MAX_BASIS if maxiter is None else maxiter)
+    t0 = time.perf_counter()
+    count = [0]
+    mv = _counted(matvec, count)
+    q = np.empty((m + 1, n))
+    h = np.zeros((m + 1, m))
+    q[0] = _start_vector(n, seed)
+    lam, vec, res, bound, conv = math.nan, None, math.nan, math.nan, False
+    prev_theta = math.inf
+    for k in range(m):
+        w = mv(q[k])
+        if not np.isfinite(w).all():
+            lam, vec, res, bound = math.nan, None, math.nan, math.nan
+            break
+        basis = q[:k + 1]
+        c = basis @ w
+        w -= basis.T @ c
+        c2 = basis @ w
+        w -= basis.T @ c2
+        h[:k + 1, k] = c + c2
+        beta = float(np.linalg.norm(w))
+        h[k + 1, k] = beta
+        t = h[:k + 1, :k + 1]
+        vals, vecs = np.linalg.eigh(0.5 * (t + t.T))
+        top = [k - i for i in range(min(2, k + 1))]
+        theta = [float(vals[i]) for i in top]
+        resid = [float(np.linalg.norm(h[:k + 2, :k + 1] @ vecs[:, i]
+                                      - vals[i] * np.r_[vecs[:, i], 0.0])) for i in top]
+        lam, res, bound = theta[0], resid[0], _ritz_bound(theta, resid)
+        scale = float(np.abs(vals).max())
+        invariant = beta <= 1e-14 * scale or beta == 0.0
+        ok = bound <= tol * abs(lam)
+        settled = abs(lam - prev_theta) <= tol * abs(lam)
+        if invariant or (ok and settled):
+            vec = basis.T @ vecs[:, -1]
+            conv = ok or invariant
+            break
+        prev_theta = lam
+        q[k + 1] = w / beta
+    else:
+        vec = q[:m].T @ vecs[:, -1]
+    if vec is not None:
+        vec = vec / np.linalg.norm(vec)
+    del q
+    if not conv and fallback and vec is not None:
+        r = arpack_top_eigenvalue(mv, n, tol, seed, ncv=ncv, v0=vec)
+        r.method, r.n_hvp, r.wall_time = "lanczos->arpack", count[0], time.perf_counter() - t0
+        return r
+    return EigenResult(lam, res, count[0], conv, "lanczos", tol, time.perf_counter() - t0,
+                       error_bound=bound, eigenvector=vec)
+
+
+def arpack_top_eigenvalue(matvec: Callable[[np.ndarray], np.ndarray], n: int,
+                          tol: float = 1e-6, seed: int = 0, maxiter: int | None = None,
+                          ncv: int | None = 8, v0: np.ndarray | None = None) -> EigenResult:
     """Algebraically largest eigenvalue of a symmetric ``n x n`` operator by implicitly
-    restarted Lanczos (scipy ``eigsh`` / ARPACK, ``k=1``, ``which='LA'``).
+    restarted Lanczos (scipy ``eigsh`` / ARPACK, ``k=1``, ``which='LA'``): the fallback of
+    :func:`lanczos_top_eigenvalue` and a second algorithm for the tests.
 
     Parameters
     ----------
     matvec: ``v (n,) float64 -> A v (n,) float64``; A must be symmetric.
     n: dimension, >= 1. tol: ARPACK's relative tolerance in (0, 1) (converged when the Ritz
-        residual <= tol * |lambda|). seed: seed of the Gaussian start vector (same seed, same
-        answer). maxiter: ARPACK restarts (default scipy's 10 n). ncv: Lanczos basis size
-        (default scipy's, 20 for large n).
+        residual <= tol * |lambda|: a test on the eigenvector, much stricter than the
+        eigenvalue's accuracy, which is about residual^2 / gap). seed: seed of the Gaussian
+        start vector (same seed, same answer). maxiter: ARPACK restarts (default scipy's
+        10 n). ncv: Lanczos basis size (default scipy's, 20 for large n). v0: start vector
+        instead of the seeded one (the fallback passes its best Ritz vector).
 
     For n <= 2 (ARPACK needs k < n) the matrix is built from n products and solved densely.
     A run that hits ``maxiter`` returns its best Ritz pair with ``converged=False``; it does
     not raise. On an ARPACK breakdown error (the zero operator, a start vector spanning an
     invariant subspace) it falls back to :func:`power_iteration_top_eigenvalue` and reports
-    ``method="lanczos->power"``. Source: DESIGN.md habits (``which='LA'``, seeded start, stated tolerance).
+    ``method="arpack->power"``. ``residual_norm`` is measured with one more product (counted).
+    Source: DESIGN.md habits (``which='LA'``, seeded start, stated tolerance).
     """
     from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, LinearOperator, eigsh
 
     n, tol, seed, maxiter = _check_solver_args(n, tol, seed, maxiter)
     t0 = time.perf_counter()
     count = [0]
-
-    def mv(v):
-        count[0] += 1
-        return np.asarray(matvec(np.asarray(v, dtype=np.float64).ravel()), dtype=np.float64)
+    mv = _counted(matvec, count)
 
     if n <= 2:
         a = np.stack([mv(e) for e in np.eye(n)], axis=1)
@@ -314,9 +447,9 @@ def lanczos_top_eigenvalue(matvec: Callable[[np.ndarray], np.ndarray], n: int,
     else:
         op = LinearOperator((n, n), matvec=mv, dtype=np.float64)
         kw = {} if ncv is None else {"ncv": min(check_int("ncv", ncv, 3), n)}
+        start = _start_vector(n, seed) if v0 is None else np.asarray(v0, dtype=np.float64)
         try:
-            vals, vecs = eigsh(op, k=1, which="LA", v0=_start_vector(n, seed), tol=tol,
-                               maxiter=maxiter, **kw)
+            vals, vecs = eigsh(op, k=1, which="LA", v0=start, tol=tol, maxiter=maxiter, **kw)
             lam, vec, conv = float(vals[-1]), vecs[:, -1], True
         except ArpackNoConvergence as exc:
             conv = False
@@ -328,7 +461,7 @@ def lanczos_top_eigenvalue(matvec: Callable[[np.ndarray], np.ndarray], n: int,
             # ARPACK stops on an exact breakdown (e.g. the zero operator, or a start vector
             # in an invariant subspace): fall back to power iteration, and say so.
             r = power_iteration_top_eigenvalue(mv, n, tol, seed, maxiter)
-            r.method, r.n_hvp, r.wall_time = "lanczos->power", count[0], \
+            r.method, r.n_hvp, r.wall_time = "arpack->power", count[0], \
                 time.perf_counter() - t0
             return r
     if vec is not None:
@@ -336,7 +469,7 @@ def lanczos_top_eigenvalue(matvec: Callable[[np.ndarray], np.ndarray], n: int,
         res = float(np.linalg.norm(mv(vec) - lam * vec))
     else:
         res = math.nan
-    return EigenResult(lam, res, count[0], conv, "lanczos", tol, time.perf_counter() - t0,
+    return EigenResult(lam, res, count[0], conv, "arpack", tol, time.perf_counter() - t0,
                        eigenvector=vec)
 
 
@@ -398,10 +531,13 @@ def power_iteration_top_eigenvalue(matvec: Callable[[np.ndarray], np.ndarray], n
 
 def top_eigenvalue(matvec, n, method: str = "lanczos", tol: float = 1e-6, seed: int = 0,
                    maxiter: int | None = None, ncv: int | None = 8) -> EigenResult:
-    """Dispatch to :func:`lanczos_top_eigenvalue` (``"lanczos"``, with ``ncv``) or
+    """Dispatch to :func:`lanczos_top_eigenvalue` (``"lanczos"``; ``ncv`` for its fallback),
+    :func:`arpack_top_eigenvalue` (``"arpack"``, with ``ncv``) or
     :func:`power_iteration_top_eigenvalue` (``"power"``). ``ValueError`` on another method."""
     if method == "lanczos":
         return lanczos_top_eigenvalue(matvec, n, tol, seed, maxiter, ncv)
+    if method == "arpack":
+        return arpack_top_eigenvalue(matvec, n, tol, seed, maxiter, ncv)
     if method == "power":
         return power_iteration_top_eigenvalue(matvec, n, tol, seed, maxiter)
     raise ValueError(f"method={method!r} must be one of {METHODS}")
@@ -416,7 +552,7 @@ def sharpness(model: MLP, x: torch.Tensor, y: torch.Tensor, *, part: str = "hess
 
     ``x``: ``(N, n0)``, ``y``: ``(N,)``. ``part``, ``lr_scales``, ``dtype``, ``device`` and
     ``chunk_size`` define the operator (:class:`LossHessian`); ``method``, ``tol``, ``seed``,
-    ``maxiter`` and ``ncv`` (Lanczos only) the solver (:func:`top_eigenvalue`). With ``lr_scales`` the result is the
+    ``maxiter`` and ``ncv`` (ARPACK's basis) the solver (:func:`top_eigenvalue`). With ``lr_scales`` the result is the
     effective sharpness lambda_max(P^{1/2} H P^{1/2}). Raises ``ValueError`` on bad input.
     """
     op = LossHessian(model, x, y, part=part, lr_scales=lr_scales, dtype=dtype, device=device,
@@ -437,9 +573,14 @@ class SharpnessTask:
     n_subset: size of the fixed training subset (:func:`sharpness_subset`; default 1000).
     input_lr_scale: input-layer learning-rate multiplier of the effective sharpness (the
         eta* trials' ``input_lr_scale``; default 0.01).
-    tol: eigsh relative tolerance (default 1e-5); solver: ``"lanczos"`` or ``"power"``;
-        solver_seed: start-vector seed; ncv: Lanczos basis size (default 8, see
-        :func:`lanczos_top_eigenvalue`; ignored by power iteration).
+    tol: relative tolerance (default 1e-5): for ``solver="lanczos"`` the accuracy of
+        lambda_1 (error bound <= tol |lambda_1|, :func:`lanczos_top_eigenvalue`), for
+        ``"arpack"`` and ``"power"`` the Ritz residual (<= tol |lambda_1|, stricter).
+        solver: ``"lanczos"`` (default), ``"arpack"`` or ``"power"``. Records made before
+        ``"arpack"`` existed hold ARPACK's answers under ``solver="lanczos"``; they agree
+        with this Lanczos within 1e-4 relative (README, Performance: λ1), so they keep their
+        keys. solver_seed: start-vector seed; ncv: ARPACK's basis size (default 8; used by
+        ``"arpack"`` and by Lanczos's fallback).
     gauss_newton: also compute the Gauss-Newton part's top eigenvalues (plain and effective).
     weights_dtype: dtype the network is built in (the trials' dtype, default float32; its
         weights are cast exactly to ``hvp_dtype``). hvp_dtype: dtype of the products
