@@ -224,11 +224,12 @@ def _find(name: str, filenames: list[str], data_dir) -> Path:
         "into one of these directories",
     }.get(name, get)
     named = data_dir is not None or bool(os.environ.get("MILR_DATA_DIR"))
-    scope = (" (only the directories you named: data_dir / MILR_DATA_DIR)" if named else "")
+    scope = (" (only the directories you named, data_dir / MILR_DATA_DIR; no system copy is "
+             "used instead)" if named else "")
     raise DataNotFoundError(
-        f"data set {name!r}: files {filenames} not found. Searched{scope}: "
+        f"data set {name!r}: files {filenames} not found. Searched: "
         + ", ".join(str(d) for d in searched)
-        + f". To obtain it: {how}; or set MILR_DATA_DIR to the directory holding them."
+        + f"{scope}. To obtain it: {how}; or set MILR_DATA_DIR to the directory holding them."
     )
 
 

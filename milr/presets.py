@@ -63,7 +63,7 @@ _CONDITIONS = {
         # thresholds up to near the best accuracy reached in the budget (includes defaults)
         "threshold_budget": {"thresholds": {"fashion-mnist": [0.7, 0.75, 0.8],
                                             "gaussian": [0.85, 0.9, 0.93],
-                                            "mnist-5k": [0.75, 0.8, 0.85]},
+                                            "mnist-5k": [0.7, 0.8, 0.88]},
                              "step_budgets": [200, 400, 800], "depths": [1, 2, 4],
                              "widths": [32, 128], "seeds": [0, 1]},
         # warm-up 400 steps at 0.1 x eta*, then trials of 200 steps (milr.late)
