@@ -15,6 +15,7 @@ import http.client
 import logging
 import os
 import struct
+import sysconfig
 import tarfile
 import tempfile
 import urllib.error
@@ -64,7 +65,7 @@ DATASETS = ("gaussian", "fashion-mnist", "mnist", "cifar10", "mnist-5k")
 DEFAULT_THRESHOLDS = {"mnist": 0.925, "cifar10": 0.34, "fashion-mnist": 0.75, "gaussian": 0.90,
                       "mnist-5k": 0.80}
 
-#: Accuracy of always predicting one class (all four sets are balanced).
+#: Accuracy of always predicting one class (every set is balanced).
 CHANCE_ACCURACY = {"mnist": 0.1, "cifar10": 0.1, "fashion-mnist": 0.1, "gaussian": 0.5,
                    "mnist-5k": 0.1}
 
@@ -370,8 +371,6 @@ def _display_path(path: Path) -> str:
     """``path`` relative to the checkout or to site-packages when under one (records stay free
     of machine-specific prefixes), else absolute."""
     path = Path(path).resolve()
-    import sysconfig
-
     for base in (Path(sysconfig.get_paths()["purelib"]).resolve(), REPO_ROOT):
         try:
             return str(path.relative_to(base))
