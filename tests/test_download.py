@@ -249,3 +249,25 @@ def test_published_checksums_are_the_known_ones():
         "cifar-10-binary.tar.gz": "c32a1d4ab5d03f1284b67883e8d87530"}
     for entry in D.DOWNLOADS.values():
         assert all(len(v) == 32 and int(v, 16) >= 0 for v in entry["files"].values())
+
+
+def test_default_dir_download_is_found_by_the_loader(tmp_path, monkeypatch, server, fake_mnist):
+    monkeypatch.delenv("MILR_DATA_DIR", raising=False)
+    monkeypatch.setattr(D, "RAW_DIR", tmp_path / "raw")
+    D._load_cached.cache_clear()
+    try:
+        assert D.download("mnist") == tmp_path / "raw" / "mnist"
+        ds = D.load_dataset("mnist")
+        assert ds.sources[0]["path"] == str(tmp_path / "raw" / "mnist" / "train-images-idx3-ubyte.gz")
+    finally:
+        D._load_cached.cache_clear()
+
+
+def test_not_found_message_names_the_download_that_exists(tmp_path, monkeypatch):
+    monkeypatch.setenv("MILR_DATA_DIR", str(tmp_path))
+    for name in ("mnist", "fashion-mnist", "cifar10"):
+        with pytest.raises(D.DataNotFoundError) as e:
+            D.load_dataset(name)
+        assert f"milr download {name}" in str(e.value)
+        assert f"milr.data.download({name!r})" in str(e.value)
+    assert callable(D.download) and set(D.DOWNLOADS) == {"mnist", "fashion-mnist", "cifar10"}
