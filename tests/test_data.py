@@ -358,3 +358,10 @@ def test_split_sizes_match_loaded_sets():
         if name in ("gaussian", "mnist-5k"):
             ds = D.load_dataset(name)
             assert (len(ds.x_train), len(ds.x_val)) == D.SPLIT_SIZES[name]
+
+
+def test_figures_name_mnist_5k_as_a_subset():
+    from milr.plotting import DATASET_LABELS
+
+    assert DATASET_LABELS["mnist-5k"] == "MNIST, 5k subset"
+    assert all(DATASET_LABELS[d] == D.display_name(d) for d in D.DATASETS)
