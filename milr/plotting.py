@@ -9,6 +9,8 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
+from .data import DISPLAY_NAMES
+
 __all__ = ["use_style", "depth_color", "DEPTH_COLORS", "savefig", "DATASET_LABELS",
            "plot_power_law_panel", "plain_log_ticks", "legend_below", "FIGURES_DIR"]
 
@@ -21,12 +23,8 @@ DEPTH_COLORS = {
 }
 _EXTRA = ["#56B4E9", "#999999", "#F0E442"]
 
-DATASET_LABELS = {
-    "fashion-mnist": "Fashion-MNIST",
-    "mnist": "MNIST",
-    "cifar10": "CIFAR-10",
-    "gaussian": "Two Gaussians",
-}
+#: How figures name each data set: milr.data's one table ("mnist-5k" is "MNIST, 5k subset").
+DATASET_LABELS = DISPLAY_NAMES
 
 STYLE = {
     "figure.dpi": 110,

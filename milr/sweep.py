@@ -57,7 +57,7 @@ import pandas as pd
 from .config import (SearchConfig, TrialConfig, check_datasets_available, check_device,
                      check_device_available, check_float, check_grid, check_int,
                      check_scheduler, check_workers, config_key, field_names)
-from .data import INPUT_DIMS, gaussian_bayes_accuracy, load_dataset
+from .data import INPUT_DIMS, gaussian_bayes_accuracy, load_dataset, track_sources
 from .search import eta_star
 from .store import Store, describe_claim, lease_seconds, run_metadata
 
@@ -245,7 +245,8 @@ def execute_task(task, device: str = "cpu", torch_threads: int | None = 1,
     Returns ``{"ok": True, "result": dict, "meta": dict}`` or, if the task raised,
     ``{"ok": False, "error": "Type: message", "traceback": str, "meta": dict}``. ``meta`` is
     :func:`milr.store.run_metadata` of the process that computed it (device, library
-    versions, hardware, torch threads) plus ``wall_time`` in seconds. ``KeyboardInterrupt``
+    versions, hardware, torch threads) plus ``wall_time`` in seconds and ``data_files`` (the
+    :attr:`milr.data.Dataset.sources` of the data sets it loaded). ``KeyboardInterrupt``
     and ``SystemExit`` propagate.
     """
     def compute() -> dict:
@@ -274,9 +275,10 @@ def _failure(exc: BaseException) -> dict:
 def _guarded(compute: Callable, device: str, torch_threads: int | None):
     """``compute()`` with torch pinned to ``torch_threads``; returns ``(result, failure,
     meta, wall)``: ``failure`` is None or :func:`_failure` of what it raised, ``meta`` is
-    :func:`milr.store.run_metadata` plus ``wall_time`` (``wall``, seconds)."""
+    :func:`milr.store.run_metadata` plus ``wall_time`` (``wall``, seconds) and ``data_files``
+    (:func:`milr.data.track_sources` of the call)."""
     t0 = time.perf_counter()
-    with pinned_threads(torch_threads):
+    with pinned_threads(torch_threads), track_sources() as data_files:
         try:
             result, failure = compute(), None
         except Exception as exc:  # noqa: BLE001 - recorded, reported, retried next run
@@ -284,6 +286,7 @@ def _guarded(compute: Callable, device: str, torch_threads: int | None):
         meta = run_metadata(device)
     wall = time.perf_counter() - t0
     meta["wall_time"] = wall
+    meta["data_files"] = data_files  # the files each data set used was read from
     return result, failure, meta, wall
 
 

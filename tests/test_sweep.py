@@ -274,7 +274,7 @@ def test_quick_yaml_is_the_quick_preset():
     from_file = build_tasks(load_sweep_file(ROOT / "configs" / "quick.yaml"))
     from_preset = build_tasks(spec_from_preset("quick"))
     assert [t.record_config() for t in from_file] == [t.record_config() for t in from_preset]
-    assert len(from_file) == 2 * 24 * 3  # 2 data sets x 24 (d, w) with w >= d x 3 seeds
+    assert len(from_file) == 3 * 24 * 3  # 3 data sets x 24 (d, w) with w >= d x 3 seeds
 
 
 def test_quick_sharpness_yaml_is_the_lambda_1_half_of_make_data():
@@ -282,7 +282,7 @@ def test_quick_sharpness_yaml_is_the_lambda_1_half_of_make_data():
     a = build_tasks(load_sweep_file(ROOT / "configs" / "quick_sharpness.yaml"))
     b = build_tasks(spec_from_preset("quick", kind="sharpness"))
     assert [t.record_config() for t in a] == [t.record_config() for t in b]
-    assert {t.input_lr_scale for t in a} == {0.01} and len(a) == 2 * 24 * 3
+    assert {t.input_lr_scale for t in a} == {0.01} and len(a) == 3 * 24 * 3
 
 
 @pytest.mark.parametrize("name", ["smoke", "paper"])
