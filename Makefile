@@ -26,7 +26,10 @@ export SOURCE_DATE_EPOCH := 0
 # runs notebooks in parallel. The scorecard runs after the figures (order-only prerequisite).
 FIGURE_NAMES := fig_eta_star_vs_dw fig_width_vs_depth fig_input_lr fig_threshold_budget \
                 fig_late_lr fig_sharpness_vs_dw fig_eta_star_vs_sharpness theory_bounds
-KINDS_fig_eta_star_vs_dw := eta_star
+KINDS_fig_eta_star_vs_dw := eta_star sharpness
+# files a notebook writes besides figures/NAME.png and .pdf
+EXTRA_fig_eta_star_vs_dw := figures/fig_search_trials.png figures/fig_search_trials.pdf
+EXTRA_scorecard := figures/scorecard.md
 KINDS_fig_width_vs_depth := eta_star
 KINDS_fig_input_lr := eta_star
 KINDS_fig_threshold_budget := eta_star
@@ -75,7 +78,7 @@ figures: $(FIGURE_FILES) figures/scorecard.png $(BUILD)/notebooks/00_index.ipynb
 	@ls -1 figures
 
 define figure_rule
-figures/$(1).png figures/$(1).pdf $(BUILD)/notebooks/$(1).ipynb &: notebooks/$(1).ipynb $(MILR_SRC) \
+figures/$(1).png figures/$(1).pdf $(EXTRA_$(1)) $(BUILD)/notebooks/$(1).ipynb &: notebooks/$(1).ipynb $(MILR_SRC) \
     $(call records,$(KINDS_$(1))) | $(VENV)/.installed
 	@mkdir -p $(BUILD)/notebooks figures
 	@echo "papermill notebooks/$(1).ipynb"

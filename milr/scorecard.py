@@ -378,7 +378,8 @@ def scorecard_figure(df: pd.DataFrame, wrap: dict | None = None, title: str | No
     n_lines = [max(cell.count("\n") + 1 for cell in row) for row in cells]
     table_h = 0.2 * sum(n_lines) + 0.1 * len(cells) + 0.3
     head_h = 0.45 if title else 0.1
-    foot_h = 0.25 + 0.17 * len(notes) + 0.25
+    legend_h = 0.45  # two rows of verdict words
+    foot_h = legend_h + 0.17 * len(notes) + 0.12
     height = head_h + table_h + foot_h
     widths = np.array([wrap.get(c, 40) for c in cols], dtype=float)
     fig_w = 0.085 * widths.sum() + 0.5
@@ -406,11 +407,11 @@ def scorecard_figure(df: pd.DataFrame, wrap: dict | None = None, title: str | No
                  weight="bold")
     handles = [Patch(facecolor=VERDICT_COLORS[v], edgecolor="0.6", label=f"{v}: {m}")
                for v, m in VERDICT_MEANING.items()]
-    fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.01, (foot_h - 0.05)
+    fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.01, (foot_h - 0.03)
                                                                   / height),
                ncol=2, frameon=False, fontsize=7, handlelength=1.2, columnspacing=1.5)
     for i, line in enumerate(notes):
-        fig.text(0.01, (0.2 + 0.17 * (len(notes) - 1 - i)) / height, line, ha="left",
+        fig.text(0.01, (0.08 + 0.17 * (len(notes) - 1 - i)) / height, line, ha="left",
                  va="bottom", fontsize=7, color="0.25")
     return fig
 
