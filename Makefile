@@ -48,7 +48,7 @@ QUIET_TCP := 2> >(grep -v --line-buffered 'Kernel is running over TCP without en
 PAPERMILL = MILR_PROGRESS=text $(PY) -m papermill --kernel python3 --cwd notebooks \
   --no-progress-bar --log-level ERROR
 
-.PHONY: venv figures test data bench lab strip clean help
+.PHONY: venv figures test data bench lab strip clean help print-filter
 
 help:
 	@echo "make figures   regenerate every figure in figures/ from the cache in data/"
@@ -105,8 +105,11 @@ bench: venv
 
 # Served from the repository root (not notebooks/), so that the notebooks' links to
 # ../figures/ and ../data/ resolve; --allow-root only when run as root (containers, CI).
+# Notebooks under notebooks/ are saved without outputs (tools/strip_notebooks.py's
+# pre_save_hook): run and save in Lab and `git status` stays clean.
 lab: venv
-	$(VENV)/bin/jupyter lab --ServerApp.root_dir=. \
+	PYTHONPATH=tools$${PYTHONPATH:+:$$PYTHONPATH} $(VENV)/bin/jupyter lab --ServerApp.root_dir=. \
+	  --ContentsManager.pre_save_hook=strip_notebooks.pre_save_hook \
 	  --LabApp.default_url=/lab/tree/notebooks/00_index.ipynb \
 	  $(if $(filter 0,$(shell id -u)),--allow-root)
 
@@ -115,3 +118,7 @@ strip: venv
 
 clean:
 	rm -rf $(BUILD) .pytest_cache
+
+# the clean filter's command line (tests/test_notebooks_meta.py runs it as git would)
+print-filter:
+	@echo '$(NBSTRIPOUT)'

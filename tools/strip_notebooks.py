@@ -50,6 +50,18 @@ def strip(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     return nb
 
 
+def pre_save_hook(model: dict, path: str = "", **kwargs) -> None:
+    """Jupyter server's ``ContentsManager.pre_save_hook`` (``make lab`` sets it): a notebook
+    under ``notebooks/`` is saved stripped, so running and saving it in JupyterLab leaves the
+    file byte-identical to its committed form and ``git status`` clean. Outputs stay in the open
+    tab; they are not written to disk. Other files and notebooks elsewhere (``build/``) are
+    saved as they are."""
+    if model.get("type") != "notebook" or not str(path).startswith("notebooks/"):
+        return
+    nb = nbformat.from_dict(model["content"])
+    model["content"] = strip(nb)
+
+
 def stripped_text(path: Path) -> str:
     """The text that ``path`` should contain once stripped (nbformat's canonical JSON)."""
     nb = nbformat.read(path, as_version=nbformat.NO_CONVERT)
