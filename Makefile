@@ -74,7 +74,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ipykernel)" >/dev/null
 	touch $@
 
-figures: $(FIGURE_FILES) figures/scorecard.png $(BUILD)/notebooks/00_index.ipynb
+EXECUTED := $(foreach f,$(FIGURE_NAMES) scorecard 00_index,$(BUILD)/notebooks/$(f).ipynb)
+
+# the figures and the executed notebooks that hold them (a missing copy is re-executed)
+figures: $(FIGURE_FILES) figures/scorecard.png $(EXECUTED)
 	@ls -1 figures
 
 define figure_rule
