@@ -8,6 +8,7 @@ Examples:
     milr sweep configs/quick.yaml --dask-workers 8      # a LocalCluster on this machine
     milr sweep configs/paper.yaml --scheduler tcp://10.0.0.5:8786 --device cuda
     milr status configs/quick.yaml --list failed
+    milr trials --dataset fashion-mnist --depth 4 --width 128 --seed 0   # a cached search
     milr data --preset quick                            # what `make data` runs
     milr download mnist                                 # MNIST files (needs network)
 
@@ -462,6 +463,66 @@ def cmd_status(args) -> int:
     return EXIT_OK
 
 
+def _strict(x):
+    """JSON-ready copy with non-finite floats as null (strict JSON)."""
+    if isinstance(x, dict):
+        return {k: _strict(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_strict(v) for v in x]
+    return _json_scalar(x)
+
+
+def cmd_trials(args) -> int:
+    """The trials of one cached eta* search (read from the store; nothing is computed)."""
+    import pandas as pd
+
+    from .trials import preset_configs, search_summary, trial_table
+
+    _check_network_args(argparse.Namespace(depth=args.depth, width=args.width,
+                                           seeds=[args.seed]))
+    overrides = {k: getattr(args, k) for k in ("threshold", "step_budget", "input_lr_scale")
+                 if getattr(args, k) is not None}
+    task, stask = preset_configs(args.preset, args.dataset, args.depth, args.width, args.seed,
+                                 overrides)
+    store = Store(args.store)
+    rec = store.get(task.kind, task.record_config())
+    label = (f"{args.dataset}, depth {args.depth}, width {args.width}, seed {args.seed} "
+             f"({args.preset} preset rules{', ' + str(overrides) if overrides else ''})")
+    if rec is None:
+        print(f"milr trials: no cached eta* search of {label} in {store.root}; compute it "
+              f"with `milr data --preset {args.preset}` or `milr eta-star` with the preset's "
+              "rules", file=sys.stderr)
+        return EXIT_FAILED
+    srec = store.get(stask.kind, stask.record_config())
+    lam = srec["result"] if srec is not None else {}
+    summary = search_summary(rec)
+    if args.json:
+        out = {"config": rec["config"], "result": summary, "trials": rec["result"]["trials"],
+               "path": str(store.path(task.kind, task.record_config())),
+               "lambda_1": lam.get("lambda_1"), "lambda_1_eff": lam.get("lambda_1_eff")}
+        print(json.dumps(_strict(out), default=str, allow_nan=False))
+        return EXIT_OK
+    print(f"eta* search of {label}")
+    print(f"  record: {store.path(task.kind, task.record_config())}")
+    print(f"  eta* = {summary['eta_star']:.4g}, final bracket [{summary['bracket_lo']:.4g}, "
+          f"{summary['bracket_hi']:.4g}], status {summary['status']}, "
+          f"{summary['n_trials']} trials")
+    if lam.get("lambda_1_eff"):
+        print(f"  2/lambda_1 = {2 / lam['lambda_1']:.4g} (plain Hessian), "
+              f"{2 / lam['lambda_1_eff']:.4g} (effective, input layer at "
+              f"{task.trial.input_lr_scale:g} x eta) from the cached lambda_1 record")
+    else:
+        print("  lambda_1: no cached record of this network")
+    df = trial_table(rec).rename(columns={"eta": "eta (lr)", "steps": "stop step",
+                                          "best_acc": "best acc", "final_acc": "final acc"})
+    with pd.option_context("display.width", 120, "display.max_columns", 20):
+        print(df.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print("outcome: success = reached t; diverged = non-finite or blown-up loss; budget "
+          "exhausted = below t after the step budget; cancelled = stopped by the batched "
+          "search (could no longer move the bracket). round 1 = the scan.")
+    return EXIT_OK
+
+
 def cmd_data(args) -> int:
     """The cached results of a preset (what ``make data`` runs): the same sweep machinery."""
     overrides = {"datasets": args.datasets} if args.datasets else {}
@@ -574,6 +635,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="count", default=0)
     p.add_argument("--log-file", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("trials", help="the trials of one cached eta* search (table or JSON)",
+                       description="Show the trial log of one cached eta* search: learning "
+                       "rate, round, outcome, reason, stopping step, best and final accuracy "
+                       "of every trial, the final bracket and, when its lambda_1 is cached, "
+                       "2/lambda_1. Reads the store; computes nothing.\n\nexamples:\n"
+                       "  milr trials --dataset fashion-mnist --depth 4 --width 128 --seed 0\n"
+                       "  milr trials --dataset gaussian --depth 2 --width 64 --json",
+                       formatter_class=fmt)
+    g = p.add_argument_group("network")
+    g.add_argument("--dataset", required=True, choices=DATASETS)
+    g.add_argument("--depth", type=int, required=True, help="hidden layers d >= 1")
+    g.add_argument("--width", type=int, required=True, help="units per hidden layer w >= 1")
+    g.add_argument("--seed", type=int, default=0, help="network seed >= 0 (default 0)")
+    g = p.add_argument_group("which search (default: the preset's rules)")
+    g.add_argument("--preset", default="quick",
+                   help="preset whose trial and search rules made the record: quick "
+                        "(default; the committed cache), paper or smoke")
+    g.add_argument("--threshold", type=float, default=None,
+                   help="threshold accuracy t (default: the preset's, else the data set's)")
+    g.add_argument("--step-budget", type=int, default=None,
+                   help="SGD steps per trial (default: the preset's)")
+    g.add_argument("--input-lr-scale", type=float, default=None,
+                   help="input-layer learning-rate factor (default: the preset's)")
+    p.add_argument("--store", metavar="DIR", default=None,
+                   help="results directory (default: the repository's data/results)")
+    p.add_argument("--json", action="store_true",
+                   help="print one line of strict JSON: config, result, the full trial log "
+                        "('trials'), record path and cached lambda_1 (null when missing)")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    p.add_argument("--log-file", default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_trials)
 
     p = sub.add_parser("data", help="compute the cached results of a preset (make data)",
                        description="Compute the cached results of a preset of "

@@ -9,9 +9,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .data import DISPLAY_NAMES
-
-__all__ = ["use_style", "depth_color", "DEPTH_COLORS", "savefig", "DATASET_LABELS",
+__all__ = ["use_style", "depth_color", "DEPTH_COLORS", "savefig", "panel_grid",
            "plot_power_law_panel", "plain_log_ticks", "legend_below", "FIGURES_DIR"]
 
 FIGURES_DIR = Path(__file__).resolve().parent.parent / "figures"
@@ -22,9 +20,6 @@ DEPTH_COLORS = {
     1: "#E69F00", 2: "#D55E00", 4: "#009E73", 8: "#0072B2", 16: "#CC79A7", 32: "#000000",
 }
 _EXTRA = ["#56B4E9", "#999999", "#F0E442"]
-
-#: How figures name each data set: milr.data's one table ("mnist-5k" is "MNIST, 5k subset").
-DATASET_LABELS = DISPLAY_NAMES
 
 STYLE = {
     "figure.dpi": 110,
@@ -54,6 +49,23 @@ def depth_color(depth: int) -> str:
     if depth in DEPTH_COLORS:
         return DEPTH_COLORS[depth]
     return _EXTRA[int(math.log2(max(depth, 1))) % len(_EXTRA)]
+
+
+def panel_grid(n: int, ncols: int = 3, panel: tuple[float, float] = (4.2, 3.9), **kwargs):
+    """``(fig, axes)`` for ``n`` panels (one per data set, any number): rows of at most
+    ``ncols`` panels of ``panel`` inches each, unused cells hidden; ``axes`` is the flat list
+    of the ``n`` panels in reading order. ``kwargs`` go to :func:`matplotlib.pyplot.subplots`.
+    Raises ``ValueError`` for ``n < 1``."""
+    if n < 1:
+        raise ValueError(f"n={n!r} panels: need at least 1")
+    cols = min(n, ncols)
+    rows = math.ceil(n / cols)
+    fig, grid = plt.subplots(rows, cols, figsize=(panel[0] * cols, panel[1] * rows),
+                             squeeze=False, **kwargs)
+    flat = list(grid.ravel())
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
 
 
 def savefig(fig, name: str, directory: str | Path | None = None) -> list[Path]:

@@ -10,8 +10,12 @@ have been generated. One papermill run checks how the sweep progress bar renders
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -354,3 +358,121 @@ def test_sweep_progress_is_text_under_papermill_and_a_widget_in_lab(tmp_path, mo
     # papermill: no widget blob (its stored text would be a frozen "0%" bar), a finished text bar
     assert "widget-view" not in _outputs_text(text_run)
     assert re.search(r"100%\|[^\n]*\| 3/3", _outputs_text(text_run)), _outputs_text(text_run)
+
+
+# -- JupyterLab: run and save a notebook, git status stays clean ------------------------------
+
+#: the notebook metadata JupyterLab 4 writes when it saves a notebook run with the kernel that
+#: `make venv` installs (ipykernel's default spec) or that Binder provides
+LAB_METADATA = {
+    "kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python",
+                   "name": "python3"},
+    "language_info": {"codemirror_mode": {"name": "ipython", "version": 3},
+                      "file_extension": ".py", "mimetype": "text/x-python", "name": "python",
+                      "nbconvert_exporter": "python", "pygments_lexer": "ipython3",
+                      "version": "3.11.7"},
+    "widgets": {"application/vnd.jupyter.widget-state+json": {
+        "state": {}, "version_major": 2, "version_minor": 0}},
+}
+
+
+def lab_saved(path: Path) -> str:
+    """``path`` as JupyterLab saves it after Run All: outputs (a figure, text, an error-free
+    stream), execution counts, execution timings and the kernel's metadata."""
+    nb = read(path)
+    nb.metadata = nbformat.from_dict(json.loads(json.dumps(LAB_METADATA)))
+    for i, c in enumerate(nb.cells, start=1):
+        if c.cell_type == "code":
+            c.execution_count = i
+            c.metadata["execution"] = {"iopub.execute_input": "2026-12-01T10:00:00.000Z",
+                                       "shell.execute_reply": "2026-12-01T10:00:01.000Z"}
+            c.outputs = [nbformat.v4.new_output("stream", name="stdout", text="wrote …\n"),
+                         nbformat.v4.new_output("display_data", data={
+                             "image/png": "iVBORw0KGgo=", "text/plain": "<Figure>"})]
+    return nbformat.writes(nb) + "\n"
+
+
+@functools.lru_cache(maxsize=1)
+def clean_filter_command() -> str:
+    """The git clean filter `make venv` registers (Makefile ``NBSTRIPOUT``), with this test's
+    Python, as a shell command."""
+    venv = Path(sys.prefix)  # the virtual environment running the tests
+    out = subprocess.run(["make", "-s", "--no-print-directory", "print-filter",
+                          f"VENV={venv}"], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert "nbstripout" in out, out
+    return out
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids(NOTEBOOKS))
+def test_lab_saved_notebook_filters_to_the_committed_bytes(path):
+    pytest.importorskip("nbstripout")
+    saved = lab_saved(path)
+    assert saved != path.read_text(encoding="utf-8")  # the save did change the file
+    cleaned = subprocess.run(clean_filter_command(), shell=True, input=saved, text=True,
+                             capture_output=True, check=True).stdout
+    assert cleaned == path.read_text(encoding="utf-8"), (
+        f"{path.name}: JupyterLab's save, cleaned by the git filter, differs from the "
+        "committed file")
+    # `make strip` gives the same form
+    tmp = ROOT / "build" / f".lab-{path.name}"
+    tmp.parent.mkdir(exist_ok=True)
+    try:
+        tmp.write_text(saved, encoding="utf-8")
+        assert stripper.stripped_text(tmp) == cleaned
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids(NOTEBOOKS))
+def test_make_lab_saves_the_committed_bytes(path):
+    """`make lab` sets the pre-save hook: what Lab saves is the committed file, byte for byte."""
+    model = {"type": "notebook", "content": json.loads(lab_saved(path))}
+    stripper.pre_save_hook(model=model, path=f"notebooks/{path.name}")
+    assert nbformat.writes(nbformat.from_dict(model["content"])) + "\n" == path.read_text(
+        encoding="utf-8")
+    other = {"type": "notebook", "content": json.loads(lab_saved(path))}
+    stripper.pre_save_hook(model=other, path=f"build/notebooks/{path.name}")
+    assert "image/png" in json.dumps(other["content"])  # executed copies keep their outputs
+
+
+def test_git_status_clean_after_a_lab_save(tmp_path):
+    """A clone set up as `make venv` and `make lab` do it. Saved through the pre-save hook,
+    a run notebook leaves `git status` clean; saved by another Lab (outputs on disk), the git
+    filter makes `git diff` empty and `git add` stages nothing; a real edit still shows."""
+    pytest.importorskip("nbstripout")
+    if shutil.which("git") is None:
+        pytest.skip("git not installed")
+    nb_path = NB_DIR / "fig_eta_star_vs_dw.ipynb"
+    repo = tmp_path / "clone"
+    (repo / "notebooks").mkdir(parents=True)
+    shutil.copy(ROOT / ".gitattributes", repo / ".gitattributes")
+    shutil.copy(nb_path, repo / "notebooks" / nb_path.name)
+
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org",
+                               *args], cwd=repo, capture_output=True, text=True, check=True)
+
+    git("init", "-q")
+    git("config", "filter.nbstripout.clean", clean_filter_command())
+    git("config", "filter.nbstripout.smudge", "cat")
+    git("add", ".")
+    git("commit", "-qm", "init")
+    target = repo / "notebooks" / nb_path.name
+    # 1. make lab: the hook strips before writing (as jupyter_server's save does)
+    model = {"type": "notebook", "content": json.loads(lab_saved(nb_path))}
+    stripper.pre_save_hook(model=model, path=f"notebooks/{nb_path.name}")
+    nbformat.write(nbformat.from_dict(model["content"]), target)
+    assert git("status", "--porcelain").stdout == ""
+    # 2. another JupyterLab: outputs on disk, the clean filter hides them from git
+    target.write_text(lab_saved(nb_path), encoding="utf-8")
+    assert "image/png" in target.read_text(encoding="utf-8")
+    assert git("diff").stdout == ""
+    git("add", "-A")
+    assert git("status", "--porcelain").stdout == ""
+    assert git("diff", "--cached").stdout == ""
+    # 3. a real edit is seen
+    nb = read(target)
+    nb.cells[0].source += "\n\nA real edit."
+    nbformat.write(nb, target)
+    assert git("status", "--porcelain").stdout.strip() == f"M notebooks/{nb_path.name}"

@@ -29,3 +29,18 @@ def test_depth_colours_distinct_and_stable():
     cols = [depth_color(d) for d in (1, 2, 4, 8, 16, 32)]
     assert len(set(cols)) == 6
     assert depth_color(8) == depth_color(8)
+
+
+def test_panel_grid_lays_out_any_number_of_data_sets():
+    import pytest
+
+    from milr.plotting import panel_grid
+
+    for n, rows, cols in [(1, 1, 1), (2, 1, 2), (3, 1, 3), (4, 2, 3), (7, 3, 3)]:
+        fig, axes = panel_grid(n, panel=(2.0, 1.5))
+        assert len(axes) == n and all(a.get_visible() for a in axes)
+        assert sum(not a.get_visible() for a in fig.axes) == rows * cols - n
+        assert tuple(fig.get_size_inches()) == pytest.approx((2.0 * cols, 1.5 * rows))
+        plt.close(fig)
+    with pytest.raises(ValueError, match="n=0"):
+        panel_grid(0)

@@ -85,7 +85,7 @@ def test_sharpness_rules():
     assert verdict_sharpness_relation(fit(0.6, 0.5, 0.7, 0.8)) == SUPPORTED
     assert verdict_sharpness_relation(fit(0.9, 0.7, 1.1, 0.8)) == PARTLY  # inverse possible
     assert verdict_sharpness_relation(fit(0.6, 0.5, 0.7, 0.2)) == NOT_SUPPORTED
-    assert verdict_sharpness_bounds(fit(0.8, 0.7, 0.9, 0.95)) == SUPPORTED
+    assert verdict_sharpness_bounds(None) == NO_DATA
     dflt = fit(0.6, 0.5, 0.7, 0.5)
     assert verdict_robustness(dflt, [fit(0.55, 0.1, 0.9, 0.3), fit(0.7, 0.6, 0.8, 0.9)]) \
         == SUPPORTED  # interval bounds inclusive; R^2 does not enter
@@ -97,6 +97,34 @@ def test_sharpness_rules():
     assert verdict_robustness(dflt, [lost, fit(0.62, 0.5, 0.7, 0.9)]) == SUPPORTED
     assert verdict_robustness(dflt, [lost]) == NO_DATA
     assert verdict_robustness(None, [dflt]) == NO_DATA
+
+
+def test_theta_rule_on_known_laws():
+    """lambda_1 = Theta(d w): a linear law with seed noise passes, a power 0.6 (the plain
+    Hessian's slope on Fashion-MNIST) leaves the factor-2 band on the larger networks."""
+    from milr.scorecard import THETA_BAND, theta_dw_test
+
+    rng = np.random.default_rng(1)
+    dw = np.repeat([32.0 * 2 ** k for k in range(9)], 8)  # 32 ... 8192, 8 networks each
+    noise = np.exp(0.15 * rng.standard_normal(dw.size))
+    linear = theta_dw_test(dw, 0.1 * dw * noise)
+    assert linear.fit_max_dw == 512 and (linear.n_fit, linear.n_test) == (40, 32)
+    assert linear.c == pytest.approx(0.1, rel=0.1) and linear.n_test_inside == 32
+    assert verdict_sharpness_bounds(linear) == SUPPORTED
+    sub = theta_dw_test(dw, 0.1 * dw ** 0.6 * noise)
+    assert sub.n_test_inside < 0.8 * sub.n_test and sub.worst_test < 1 / THETA_BAND
+    assert verdict_sharpness_bounds(sub) == NOT_SUPPORTED
+    assert "below" in sub.text() and "of 32 within ×2" in sub.text()
+    # exactly 1 of 8 test networks out of the band: partly (7/8 >= 80 %)
+    lam = 0.1 * dw
+    lam[-1] *= 3
+    t = theta_dw_test(dw, lam)
+    assert (t.n_test_inside, t.n_test) == (31, 32) and verdict_sharpness_bounds(t) == PARTLY
+    lam[-8:] *= 3  # the largest d w all three times above: 24 of 32 inside, < 80 %
+    assert verdict_sharpness_bounds(theta_dw_test(dw, lam)) == NOT_SUPPORTED
+    # too few d w values to split
+    assert verdict_sharpness_bounds(theta_dw_test([1, 2, 2], [1, 2, 2])) == NO_DATA
+    assert verdict_sharpness_bounds(theta_dw_test([1, 2, 4], [1, 2, 4])) == SUPPORTED
 
 
 def test_helpers_and_rendering(tmp_path):
@@ -182,9 +210,13 @@ def test_collect_scorecard_from_synthetic_records(synthetic_store):
     assert numbers["2"]["gaussian"]["late_eos"].alpha == pytest.approx(1.0, abs=1e-9)
     assert numbers["2"]["gaussian"]["early_eos"].alpha == pytest.approx(0.625, abs=1e-9)
     assert numbers["3"]["gaussian"].alpha == pytest.approx(0.5 / 0.8, abs=1e-9)
-    assert numbers["4"]["gaussian"].alpha == pytest.approx(0.8, abs=1e-9)
+    assert numbers["4"]["gaussian"]["gamma"].alpha == pytest.approx(0.8, abs=1e-9)
+    theta = numbers["4"]["gaussian"]["theta"]  # smoke d w: 16, 32 | 64
+    assert theta.fit_max_dw == 32 and (theta.n_fit, theta.n_test) == (3, 1)
+    assert theta.c == pytest.approx(0.5 * (16 * 32 * 32) ** (-0.2 / 3), rel=1e-12)
     assert numbers["1 (ii)"]["gaussian"][0.0].alpha == pytest.approx(0.5, abs=1e-9)
-    assert "breaks at d/w ∈ (1/8, 1/2]" in table.evidence[1]
+    assert "Broken from d/w = 1/2 on" in table.evidence[1]
+    assert "(largest d/w before that: 1/8)" in table.evidence[1]
 
 
 def test_collect_scorecard_without_records(tmp_path):

@@ -8,9 +8,12 @@ the same bytes, so committed notebooks only show real edits in diffs.
 What is kept (our choice, so that saving a notebook in JupyterLab, running it with papermill or
 in another Python version does not produce a diff): cell sources, cell ids, attachments, and the
 cell metadata ``tags`` (papermill's ``parameters`` tag), ``jupyter`` (hidden sources) and
-``slideshow``; the notebook metadata becomes exactly ``kernelspec`` = python3 and
-``language_info`` = {"name": "python"}. Everything else (outputs, timings, papermill
-provenance, saved widget state, the kernel's display name and Python version) is removed.
+``slideshow``; the notebook metadata becomes exactly ``kernelspec`` = python3 with ipykernel's
+default display name "Python 3 (ipykernel)" and ``language_info`` = {"name": "python"}.
+Everything else (outputs, timings, papermill provenance, saved widget state, the Python
+version) is removed. The git filter that ``make venv`` registers (nbstripout, see
+``.gitattributes`` and the Makefile's ``NBSTRIPOUT``) gives the same bytes for a notebook
+saved by JupyterLab with that kernel (tested in ``tests/test_notebooks_meta.py``).
 """
 from __future__ import annotations
 
@@ -21,7 +24,8 @@ from pathlib import Path
 import nbformat
 
 ROOT = Path(__file__).resolve().parent.parent
-KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3"}
+#: ipykernel's default kernelspec (what `make venv` installs and Binder has): JupyterLab keeps it
+KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
 LANGUAGE_INFO = {"name": "python"}
 KEEP_CELL_METADATA = ("tags", "jupyter", "slideshow")
 
@@ -44,6 +48,18 @@ def strip(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
             cell.outputs = []
             cell.execution_count = None
     return nb
+
+
+def pre_save_hook(model: dict, path: str = "", **kwargs) -> None:
+    """Jupyter server's ``ContentsManager.pre_save_hook`` (``make lab`` sets it): a notebook
+    under ``notebooks/`` is saved stripped, so running and saving it in JupyterLab leaves the
+    file byte-identical to its committed form and ``git status`` clean. Outputs stay in the open
+    tab; they are not written to disk. Other files and notebooks elsewhere (``build/``) are
+    saved as they are."""
+    if model.get("type") != "notebook" or not str(path).startswith("notebooks/"):
+        return
+    nb = nbformat.from_dict(model["content"])
+    model["content"] = strip(nb)
 
 
 def stripped_text(path: Path) -> str:
