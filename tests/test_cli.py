@@ -393,11 +393,17 @@ def test_status_lists_failed_and_corrupt(tmp_path, capsys):
 
 # -- killed sweeps ----------------------------------------------------------------------------
 
+def _default_sigint() -> None:
+    """In the child: SIGINT back to its default, so that the sweep installs Python's handler
+    even when pytest itself runs in the background (where the shell ignores SIGINT)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(cfg: Path, store: Path, *extra) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "milr", "sweep", str(cfg), "--store", str(store), "-q", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=_default_sigint)
 
 
 def _wait_for_records(store: Path, n: int, proc, timeout=240.0) -> None:
