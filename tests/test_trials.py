@@ -15,9 +15,10 @@ import pytest  # noqa: E402
 from matplotlib.patches import Polygon, Rectangle  # noqa: E402
 
 from milr.cli import main  # noqa: E402
-from milr.search import EtaStarResult, eta_star_single  # noqa: E402
+from milr.search import EtaStarResult  # noqa: E402
 from milr.config import SearchConfig  # noqa: E402
 from milr.store import Store  # noqa: E402
+from reference import reference_bisection  # noqa: E402
 from milr.trials import (OUTCOMES, eta_star_record, plot_trials, preset_configs,  # noqa: E402
                          sharpness_record, trial_outcome, trial_table)
 
@@ -71,10 +72,11 @@ def test_record_and_dict_forms_give_the_same_table(tmp_path):
         trial_table([1, 2])
 
 
-def test_sequential_search_log_has_no_round():
-    # a synthetic oracle: success iff 0.1 <= eta <= 2 (too small fails as well)
-    res = eta_star_single(lambda eta: 0.1 <= eta <= 2.0, SearchConfig(eta_lo=1e-3, eta_hi=30,
-                                                                      tol=0.1))
+def test_log_without_rounds():
+    # the readable Algorithm 1 of the tests logs no rounds; a synthetic oracle: success iff
+    # 0.1 <= eta <= 2 (too small fails as well)
+    res = reference_bisection(lambda eta: 0.1 <= eta <= 2.0,
+                              SearchConfig(eta_lo=1e-3, eta_hi=30, tol=0.1))
     df = trial_table(res)
     assert df["round"].isna().all()
     assert (df.outcome[df.eta <= 2.0] == "success").all()
