@@ -353,8 +353,10 @@ def theta_dw_test(dw, lam, band: float = THETA_BAND) -> ThetaTest:
 
 def verdict_sharpness_bounds(theta: ThetaTest | None) -> str:
     """Claim 4 rule (module docstring) for a :class:`ThetaTest`."""
-    if theta is None or not _finite(theta.c) or theta.n_test == 0:
+    if theta is None:
         return NO_DATA
+    if not _finite(theta.c) or theta.n_test == 0:  # records, but too few d w to fit and test
+        return NOT_ENOUGH_DATA
     share = theta.n_test_inside / theta.n_test
     if share == 1:
         return SUPPORTED

@@ -94,7 +94,7 @@ def test_scorecard_reads_an_empty_fit_as_not_enough_data():
     good = PowerLawFit(0.6, 0.0, 0.5, 0.7, 0.9, 20, 0, 0.95)
     for f in (empty, flat):
         assert sc.verdict_power_law(f) == sc.NOT_ENOUGH_DATA
-        assert sc.verdict_sharpness_bounds(f) == sc.NOT_ENOUGH_DATA
+        assert sc.verdict_sharpness_bounds(sc.theta_dw_test([64.0], [0.5])) == sc.NOT_ENOUGH_DATA
         assert sc.verdict_sharpness_relation(f) == sc.NOT_ENOUGH_DATA
         assert sc.verdict_width_depth(f, 0.25) == sc.NOT_ENOUGH_DATA
         assert sc.verdict_late(f, good, None, 1.0) == sc.NOT_ENOUGH_DATA
@@ -103,3 +103,4 @@ def test_scorecard_reads_an_empty_fit_as_not_enough_data():
         text = sc.fmt_fit(f)
         assert text.startswith("α: not enough data (") and "nan" not in text.lower()
     assert sc.NOT_ENOUGH_DATA in sc.VERDICTS and sc.verdict_power_law(None) == sc.NO_DATA
+    assert sc.verdict_sharpness_bounds(None) == sc.NO_DATA
