@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from milr.fit import PowerLawFit
-from milr.scorecard import (CLAIMS, NO_DATA, NOT_SUPPORTED, PARTLY, RULES, SUPPORTED,
+from milr.scorecard import (CLAIMS, NO_DATA, NOT_ENOUGH_DATA, NOT_SUPPORTED, PARTLY, RULES, SUPPORTED,
                             collect_scorecard, fmt_fit, intervals_overlap, scorecard_figure,
                             to_markdown, verdict_input_lr, verdict_late, verdict_power_law,
                             verdict_robustness, verdict_sharpness_bounds,
@@ -123,7 +123,7 @@ def test_theta_rule_on_known_laws():
     lam[-8:] *= 3  # the largest d w all three times above: 24 of 32 inside, < 80 %
     assert verdict_sharpness_bounds(theta_dw_test(dw, lam)) == NOT_SUPPORTED
     # too few d w values to split
-    assert verdict_sharpness_bounds(theta_dw_test([1, 2, 2], [1, 2, 2])) == NO_DATA
+    assert verdict_sharpness_bounds(theta_dw_test([1, 2, 2], [1, 2, 2])) == NOT_ENOUGH_DATA
     assert verdict_sharpness_bounds(theta_dw_test([1, 2, 4], [1, 2, 4])) == SUPPORTED
 
 
