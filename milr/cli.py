@@ -30,6 +30,8 @@ import textwrap
 import time
 import warnings
 
+import pandas as pd
+
 from .conditions import run_condition_sweeps
 from .config import SearchConfig, TrialConfig, check_int
 from .data import (DATASETS, DEFAULT_THRESHOLDS, DOWNLOADS, DataNotFoundError, display_name,
@@ -38,6 +40,7 @@ from .presets import PRESETS
 from .sharpness import SharpnessTask, sharpness_tasks
 from .store import Store, StoreCollisionError, code_version, describe_claim
 from .sweep import SweepError, eta_star_tasks, run_sweep, sweep_status, task_label
+from .trials import preset_configs, search_summary, trial_table
 from .validate import build_tasks, load_sweep_file, spec_from_preset
 
 log = logging.getLogger("milr")
@@ -474,10 +477,6 @@ def _strict(x):
 
 def cmd_trials(args) -> int:
     """The trials of one cached eta* search (read from the store; nothing is computed)."""
-    import pandas as pd
-
-    from .trials import preset_configs, search_summary, trial_table
-
     _check_network_args(argparse.Namespace(depth=args.depth, width=args.width,
                                            seeds=[args.seed]))
     overrides = {k: getattr(args, k) for k in ("threshold", "step_budget", "input_lr_scale")
