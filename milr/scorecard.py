@@ -19,7 +19,7 @@ results of the figure notebooks. The rules (our choices; the scorecard notebook 
   small factor too, or if it holds everywhere but alpha at the largest factor lies outside
   every small factor's alpha interval (the law survives, its exponent changes); *not
   supported* otherwise.
-* **claim 2, eta* differs from the late-stage maximal rate** (:func:`verdict_late`). A rate
+* **claim 2, η\\* differs from the late-stage maximal rate** (:func:`verdict_late`). A rate
   *follows its stability limit* when a fit rate ~ lambda_1^-beta has R^2 >= 0.8 and a beta
   interval containing 1 (the rate is a constant multiple of 2 / lambda_1, the
   edge-of-stability relation); the late rate is tested against lambda_1 at the warmed-up
@@ -32,7 +32,7 @@ results of the figure notebooks. The rules (our choices; the scorecard notebook 
   otherwise. (This rule was extended once, after the first late-stage results, by the
   stability-limit comparison the issue asks for; the scaling-only version is the first
   sentence.)
-* **claim 3, eta* and lambda_1 related but not inversely** (:func:`verdict_sharpness_relation`):
+* **claim 3, η\\* and λ1 related but not inversely** (:func:`verdict_sharpness_relation`):
   fit eta* ~ lambda_1^-beta. *Related*: R^2 >= 0.5 and beta_lo > 0; *not inverse*: the beta
   interval excludes 1. *Supported* if both; *partly* if related but an inverse law
   (beta = 1) is not excluded; *not supported* if not related.
