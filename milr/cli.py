@@ -645,16 +645,19 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=fmt)
     g = p.add_argument_group("network")
     g.add_argument("--dataset", required=True, choices=DATASETS)
-    g.add_argument("--depth", type=int, required=True, help="hidden layers d >= 1")
-    g.add_argument("--width", type=int, required=True, help="units per hidden layer w >= 1")
-    g.add_argument("--seed", type=int, default=0, help="network seed >= 0 (default 0)")
+    g.add_argument("--depth", type=_typed(int, "an integer >= 1"), required=True,
+                   help="hidden layers d >= 1")
+    g.add_argument("--width", type=_typed(int, "an integer >= 1"), required=True,
+                   help="units per hidden layer w >= 1")
+    g.add_argument("--seed", type=_typed(int, "an integer >= 0"), default=0,
+                   help="network seed >= 0 (default 0)")
     g = p.add_argument_group("which search (default: the preset's rules)")
     g.add_argument("--preset", default="quick",
                    help="preset whose trial and search rules made the record: quick "
                         "(default; the committed cache), paper or smoke")
     g.add_argument("--threshold", type=float, default=None,
                    help="threshold accuracy t (default: the preset's, else the data set's)")
-    g.add_argument("--step-budget", type=int, default=None,
+    g.add_argument("--step-budget", type=_typed(int, "an integer >= 1"), default=None,
                    help="SGD steps per trial (default: the preset's)")
     g.add_argument("--input-lr-scale", type=float, default=None,
                    help="input-layer learning-rate factor (default: the preset's)")

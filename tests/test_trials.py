@@ -170,3 +170,20 @@ def test_preset_records_and_command(tmp_path, capsys):
     assert line["trials"][0]["best_acc"] is None  # strict JSON: NaN -> null
     assert line["result"]["eta_star"] == 2.9 and line["lambda_1_eff"] == 4.0
     assert set(OUTCOMES) >= {trial_outcome(t) for t in line["trials"]}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--width", "2.5"], "argument --width: '2.5' is not an integer >= 1"),
+    (["--seed", "x"], "argument --seed: 'x' is not an integer >= 0"),
+])
+def test_trials_option_errors_are_one_line(argv, message, capsys):
+    base = {"--dataset": "gaussian", "--depth": "1", "--width": "8"}
+    for k in argv[::2]:
+        base.pop(k, None)
+    with pytest.raises(SystemExit) as info:
+        main(["trials"] + [x for kv in base.items() for x in kv] + argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "usage:" not in err, err
+    assert err.startswith(f"milr trials: error: {message}"), err
+    assert err.rstrip().endswith("; see milr trials --help"), err
