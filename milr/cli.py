@@ -563,6 +563,18 @@ def cmd_download(args) -> int:
 
 # -- parser -----------------------------------------------------------------------------------
 
+def _add_network_options(p: argparse.ArgumentParser):
+    """The "network" option group (--dataset, --depth, --width) of a one-network command;
+    returns the group, so the command adds its seed option to it."""
+    g = p.add_argument_group("network")
+    g.add_argument("--dataset", required=True, choices=DATASETS)
+    g.add_argument("--depth", type=_typed(int, "an integer >= 1"), required=True,
+                   help="hidden layers d >= 1")
+    g.add_argument("--width", type=_typed(int, "an integer >= 1"), required=True,
+                   help="units per hidden layer w >= 1")
+    return g
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``milr`` argument parser (subcommands eta-star, sharpness, sweep, status, data,
     download)."""
@@ -573,12 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     def one_config_parser(name, help_, example):
         p = sub.add_parser(name, help=help_, description=f"{help_}\n\nexample:\n  {example}",
                            formatter_class=fmt)
-        g = p.add_argument_group("network")
-        g.add_argument("--dataset", required=True, choices=DATASETS)
-        g.add_argument("--depth", type=_typed(int, "an integer >= 1"), required=True,
-                       help="hidden layers d >= 1")
-        g.add_argument("--width", type=_typed(int, "an integer >= 1"), required=True,
-                       help="units per hidden layer w >= 1")
+        g = _add_network_options(p)
         g.add_argument("--seeds", type=_typed(int, "an integer >= 0"), nargs="+", default=[0],
                        metavar="SEED",
                        help="one task per seed, integers >= 0 (default 0)")
@@ -643,12 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "  milr trials --dataset fashion-mnist --depth 4 --width 128 --seed 0\n"
                        "  milr trials --dataset gaussian --depth 2 --width 64 --json",
                        formatter_class=fmt)
-    g = p.add_argument_group("network")
-    g.add_argument("--dataset", required=True, choices=DATASETS)
-    g.add_argument("--depth", type=_typed(int, "an integer >= 1"), required=True,
-                   help="hidden layers d >= 1")
-    g.add_argument("--width", type=_typed(int, "an integer >= 1"), required=True,
-                   help="units per hidden layer w >= 1")
+    g = _add_network_options(p)
     g.add_argument("--seed", type=_typed(int, "an integer >= 0"), default=0,
                    help="network seed >= 0 (default 0)")
     g = p.add_argument_group("which search (default: the preset's rules)")
