@@ -25,7 +25,8 @@ export SOURCE_DATE_EPOCH := 0
 # kinds the notebook reads, so an unchanged figure is not re-executed and `make -j2 figures`
 # runs notebooks in parallel. The scorecard runs after the figures (order-only prerequisite).
 FIGURE_NAMES := fig_eta_star_vs_dw fig_width_vs_depth fig_input_lr fig_threshold_budget \
-                fig_late_lr fig_sharpness_vs_dw fig_eta_star_vs_sharpness theory_bounds
+                fig_late_lr fig_sharpness_vs_dw fig_eta_star_vs_sharpness theory_bounds \
+                fig_beyond_mlps
 KINDS_fig_eta_star_vs_dw := eta_star sharpness
 # files a notebook writes besides figures/NAME.png and .pdf
 EXTRA_fig_eta_star_vs_dw := figures/fig_search_trials.png figures/fig_search_trials.pdf
@@ -38,6 +39,8 @@ KINDS_fig_sharpness_vs_dw := sharpness sharpness_theory
 KINDS_fig_eta_star_vs_sharpness := eta_star sharpness sharpness_theory
 KINDS_theory_bounds := sharpness sharpness_theory
 KINDS_scorecard := eta_star late_lr sharpness sharpness_theory
+KINDS_fig_beyond_mlps := eta_star sharpness eta_star_custom sharpness_custom lr_finder
+EXTRA_fig_beyond_mlps := figures/fig_lr_range_test.png figures/fig_lr_range_test.pdf
 MILR_SRC := $(sort $(wildcard milr/*.py))
 # every record file of the given kinds (file names are the store's business: any *.json)
 records = $(foreach k,$(1),$(shell find data/results/$(k) -name '*.json' 2>/dev/null))

@@ -73,3 +73,44 @@ def test_what_it_shows_holds_the_smoke_numbers(tmp_path, monkeypatch):
     trial_text = [m for m in outputs(nb, "text/markdown") if m.startswith("η\\* = ")]
     assert trial_text and re.search(r"among \d+ trials", trial_text[0])
     assert np.isfinite(f.alpha)
+
+
+def test_beyond_mlps_range_tests_follow_the_package_and_the_text_states_them(tmp_path,
+                                                                            monkeypatch):
+    """fig_beyond_mlps on its smoke settings: every cached LR range test has torch-lr-finder's
+    geometric schedule, its suggestion is the package's steepest-gradient rule on its own
+    stored curve, and "What it shows" states the suggestion / eta* ratios of the store."""
+    from milr.store import Store
+
+    nb, _ = run_smoke(NB_DIR / "fig_beyond_mlps.ipynb", tmp_path, monkeypatch)
+    store = Store(tmp_path / "store")
+    tests = store.records("lr_finder")
+    assert len(tests) == 4  # smoke: one MLP and one CNN, 2 seeds each
+    eta = {("mlp", r["config"]["depth"], r["config"]["width"], r["config"]["seed"]):
+           r["result"]["eta_star"] for r in store.records("eta_star")}
+    for r in store.records("eta_star_custom"):
+        d, c = re.search(r"-d(\d+)-c(\d+)$", r["config"]["name"]).groups()
+        eta[("cnn", int(d), int(c), r["config"]["seed"])] = r["result"]["eta_star"]
+    ratios = []
+    for rec in tests:
+        cfg, res = rec["config"], rec["result"]
+        lr, loss = np.asarray(res["lr"]), np.asarray(res["loss"])
+        n = cfg["num_iter"]
+        assert res["steps"] == len(lr) <= n and res["diverged"] == (len(lr) < n)
+        expect = cfg["start_lr"] * (cfg["end_lr"] / cfg["start_lr"]) ** (
+            np.arange(len(lr)) / (n - 1))
+        np.testing.assert_allclose(lr, expect, rtol=1e-9)
+        a, b = cfg["skip_start"], cfg["skip_end"]
+        seg_lr, seg_loss = lr[a:len(lr) - b], loss[a:len(lr) - b]
+        if len(seg_lr) >= 2:
+            assert res["suggested_lr"] == pytest.approx(seg_lr[np.gradient(seg_loss).argmin()],
+                                                        rel=1e-12)
+        size = cfg["width"] if cfg["network"] == "mlp" else cfg["channels"]
+        ratios.append(res["suggested_lr"] / eta[(cfg["network"], cfg["depth"], size,
+                                                  cfg["seed"])])
+    text = next(m for m in outputs(nb, "text/markdown") if m.startswith("## What it shows"))
+    ok = np.asarray([v for v in ratios if np.isfinite(v) and v > 0])
+    if len(ok):
+        gm = float(np.exp(np.log(ok).mean()))
+        assert f"geometric mean {gm:.2g}" in text, text
+    assert "4 tests" in text
