@@ -57,11 +57,12 @@ import pandas as pd
 from .config import (SearchConfig, TrialConfig, check_datasets_available, check_device,
                      check_device_available, check_float, check_grid, check_int,
                      check_scheduler, check_workers, config_key, field_names)
-from .data import INPUT_DIMS, gaussian_bayes_accuracy, load_dataset, track_sources
+from .data import (INPUT_DIMS, available_datasets, gaussian_bayes_accuracy, load_dataset,
+                   track_sources)
 from .search import eta_star
 from .store import Store, describe_claim, lease_seconds, run_metadata
 
-__all__ = ["EtaStarTask", "eta_star_tasks", "run_sweep", "load_results", "execute_task", "execute_tasks", "task_units", "largest_first",
+__all__ = ["EtaStarTask", "eta_star_tasks", "run_sweep", "load_results", "shown_datasets", "execute_task", "execute_tasks", "task_units", "largest_first",
            "work_hint", "sweep_status", "SweepStatus", "SweepError",
            "SweepFailureWarning", "unique_tasks", "task_label", "BACKENDS",
            "UnreachableThresholdWarning", "warn_unreachable_thresholds"]
@@ -999,3 +1000,21 @@ def load_results(tasks: list, store: Store | None = None) -> pd.DataFrame:
     if len(df) and {"depth", "width"} <= set(df.columns):
         df["dw"] = df["depth"] * df["width"]
     return df
+
+
+def shown_datasets(candidates: Iterable[str], tasks_of: Callable[[str], list],
+                   store: Store | None = None) -> list[str]:
+    """The data sets of ``candidates`` (order kept) a figure can show on this machine: those
+    whose files are found (:func:`milr.data.available_datasets`) and those whose every record
+    of ``tasks_of(name)`` is in ``store`` (a figure renders from the cache without the data).
+    """
+    present = set(available_datasets())
+    out = []
+    for d in candidates:
+        if d in present:
+            out.append(d)
+            continue
+        tasks = tasks_of(d)
+        if tasks and sweep_status(tasks, store).done == len(unique_tasks(tasks)):
+            out.append(d)
+    return out
