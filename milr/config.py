@@ -24,7 +24,7 @@ from .data import (CHANCE_ACCURACY, DATASETS, DEFAULT_THRESHOLDS, SPLIT_SIZES, D
 __all__ = ["TrialConfig", "SearchConfig", "config_key", "check_int", "check_float",
            "check_dataset", "check_int_list", "check_datasets", "check_seeds", "check_grid",
            "check_device", "check_device_available", "check_workers", "check_scheduler",
-           "check_datasets_available", "usable_cores", "check_split_rows"]
+           "check_datasets_available", "usable_cores", "check_split_rows", "check_trial_rules"]
 
 DTYPES = ("float32", "float64")
 _DEVICE_RE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
@@ -224,6 +224,28 @@ def check_datasets_available(names, read: bool = True) -> None:
 
 # -- configurations ---------------------------------------------------------------------------
 
+def check_trial_rules(threshold, chance: float, what: str, batch_size, step_budget,
+                      eval_every, blowup_factor, dtype) -> dict:
+    """The trial rules every eta* trial shares, checked in one place (:class:`TrialConfig`
+    and :func:`milr.custom.eta_star_for`): ``threshold`` in (chance, 1) (``what`` names the
+    data in the message, ``chance`` its chance accuracy), ``batch_size``, ``step_budget``,
+    ``eval_every`` integers >= 1, ``blowup_factor`` > 1, ``dtype`` one of :data:`DTYPES`.
+    Returns them as a dict (ints as ``int``, floats as ``float``); raises
+    ``TypeError``/``ValueError`` naming the first bad one."""
+    out = {
+        "threshold": check_float(f"threshold (chance for {what} is {chance:g})", threshold,
+                                 chance, 1.0, lo_open=True, hi_open=True),
+        "batch_size": check_int("batch_size", batch_size),
+        "step_budget": check_int("step_budget", step_budget),
+        "eval_every": check_int("eval_every", eval_every),
+        "blowup_factor": check_float("blowup_factor", blowup_factor, 1.0, lo_open=True),
+    }
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} must be one of {DTYPES}")
+    out["dtype"] = dtype
+    return out
+
+
 @dataclass(frozen=True)
 class TrialConfig:
     """Rules of one trial (one training run at one learning rate and one seed).
@@ -269,18 +291,13 @@ class TrialConfig:
         set_("depth", check_int("depth", self.depth))
         set_("width", check_int("width", self.width))
         t = DEFAULT_THRESHOLDS[self.dataset] if self.threshold is None else self.threshold
-        chance = CHANCE_ACCURACY[self.dataset]
-        set_("threshold", check_float(f"threshold (chance for {self.dataset} is {chance})",
-                                      t, chance, 1.0, lo_open=True, hi_open=True))
-        set_("batch_size", check_int("batch_size", self.batch_size))
-        set_("step_budget", check_int("step_budget", self.step_budget))
-        set_("eval_every", check_int("eval_every", self.eval_every))
+        rules = check_trial_rules(t, CHANCE_ACCURACY[self.dataset], self.dataset,
+                                  self.batch_size, self.step_budget, self.eval_every,
+                                  self.blowup_factor, self.dtype)
+        for k, v in rules.items():
+            set_(k, v)
         set_("n_val", check_split_rows("n_val", self.n_val, self.dataset, "val"))
         set_("input_lr_scale", check_float("input_lr_scale", self.input_lr_scale, 0.0, 1.0))
-        set_("blowup_factor", check_float("blowup_factor", self.blowup_factor, 1.0,
-                                          lo_open=True))
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype={self.dtype!r} must be one of {DTYPES}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -37,8 +37,8 @@ from .config import SearchConfig, TrialConfig, check_int, check_seeds
 from .data import Dataset
 from .train import TrialResult, trainer_for
 
-__all__ = ["EtaStarResult", "eta_star", "k_section", "kpoints", "scan_points", "non_interval",
-           "STATUSES"]
+__all__ = ["EtaStarResult", "eta_star", "eta_star_on", "k_section", "kpoints", "scan_points",
+           "non_interval", "STATUSES"]
 
 log = logging.getLogger(__name__)
 
@@ -360,6 +360,33 @@ def eta_star(
     seeds = check_seeds(seeds)
     if scan_window is not None:
         scan_window = check_int("scan_window", scan_window, 1)
+    batch = trainer_for(trial, data, device, generic=generic, max_members=max_members)
+    out = eta_star_on(batch, search, seeds, device, on_trial=on_trial, stats=stats,
+                      scan_window=scan_window)
+    for r in out:
+        log.debug("eta* %s d=%d w=%d seed=%d -> %.4g (%s, %d trials)", trial.dataset,
+                  trial.depth, trial.width, r.seed, r.eta_star, r.status, r.n_trials)
+    return out
+
+
+def eta_star_on(batch, search: SearchConfig, seeds: Iterable[int],
+                device: str | torch.device = "cpu", *, on_trial=None, stats: dict | None = None,
+                scan_window: int | None = None) -> list[EtaStarResult]:
+    """The search of :func:`eta_star` on a ready :class:`milr.train.Trainer` ``batch`` (any
+    network: :func:`eta_star` passes the MLP's, :func:`milr.custom.eta_star_for` a user's
+    module's), one :class:`EtaStarResult` per seed in order.
+
+    From ``search.method`` and ``device`` it picks what :func:`k_section` runs:
+    ``"bisect"``: k = 1, one scan point at a time, sequential expansion (Algorithm 1);
+    ``"batched"``: k = ``search.k``, ``scan_window`` scan points of a seed at once (default:
+    all on CUDA, 1 on the CPU). ``stats`` (a dict) receives the trainer's counters
+    (``steps_run``, ``member_steps``, ``syncs``, ``flops`` (NaN when the trainer does not know
+    its FLOPs per step), ``max_members_seen``). Raises ``ValueError`` for a bad seed list or
+    ``scan_window``.
+    """
+    seeds = check_seeds(seeds)
+    if scan_window is not None:
+        scan_window = check_int("scan_window", scan_window, 1)
     sequential = search.method == "bisect"
     if sequential:
         k, window = 1, 1
@@ -368,13 +395,10 @@ def eta_star(
         window = scan_window
         if window is None:
             window = None if torch.device(device).type == "cuda" else 1
-    batch = trainer_for(trial, data, device, generic=generic, max_members=max_members)
     out = k_section(batch, search, seeds, k, window, sequential, on_trial)
     if stats is not None:
+        per_step = getattr(batch, "flops_per_member_step", math.nan)
         stats.update(steps_run=batch.steps_run, member_steps=batch.member_steps,
-                     syncs=batch.syncs, flops=batch.member_steps * batch.flops_per_member_step,
+                     syncs=batch.syncs, flops=batch.member_steps * per_step,
                      max_members_seen=batch.peak_members)
-    for r in out:
-        log.debug("eta* %s d=%d w=%d seed=%d -> %.4g (%s, %d trials)", trial.dataset,
-                  trial.depth, trial.width, r.seed, r.eta_star, r.status, r.n_trials)
     return out

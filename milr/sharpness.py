@@ -122,11 +122,14 @@ class LossHessian:
 
     Parameters
     ----------
-    model: the network; it is copied (in ``dtype``, on ``device``), never modified.
-    x: ``(N, n0)`` inputs; y: ``(N,)`` int64 labels.
+    model: the network, an :class:`milr.models.MLP` or any ``nn.Module`` whose output is
+        logits ``(N, n_classes)``; it is copied (in ``dtype``, on ``device``), never modified.
+    x: ``(N, n0)`` inputs (any module: ``(N, ...)``); y: ``(N,)`` int64 labels.
     part: ``"hessian"`` (full Hessian) or ``"gauss_newton"`` (G = (1/N) sum J^T H_CE J).
-    lr_scales: optional per-layer multipliers (length depth + 1); the operator is then
-        ``P^{1/2} A P^{1/2}`` (effective sharpness; see the module docstring).
+    lr_scales: optional per-layer multipliers (length depth + 1; needs ``model.layers``);
+        the operator is then ``P^{1/2} A P^{1/2}`` (effective sharpness; see the module
+        docstring). scales: instead, the diagonal of P itself, one multiplier per parameter
+        entry (``(n,)``, in ``parameters()`` order; :func:`milr.custom.sharpness_of`).
     dtype: dtype of the products (float64 default; float32 for speed on big nets).
     device: where the products run.
     chunk_size: optional number of samples per forward/backward pass; the loss is a mean, so
@@ -136,20 +139,33 @@ class LossHessian:
     counts the products applied. Raises ``ValueError`` on bad shapes, labels or options.
     """
 
-    def __init__(self, model: MLP, x: torch.Tensor, y: torch.Tensor, part: str = "hessian",
-                 lr_scales: Sequence[float] | None = None, dtype: torch.dtype = torch.float64,
-                 device: str | torch.device = "cpu", chunk_size: int | None = None):
+    def __init__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 part: str = "hessian", lr_scales: Sequence[float] | None = None,
+                 dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu",
+                 chunk_size: int | None = None, *, scales: torch.Tensor | None = None):
         if part not in PARTS:
             raise ValueError(f"part={part!r} must be one of {PARTS}")
-        if x.ndim != 2 or y.ndim != 1 or len(x) != len(y) or len(y) == 0:
-            raise ValueError(f"x must be (N, n0) and y (N,) with N >= 1; got {tuple(x.shape)} "
-                             f"and {tuple(y.shape)}")
-        if x.shape[1] != model.n0:
-            raise ValueError(f"x has {x.shape[1]} features; the network expects n0={model.n0}")
-        if int(y.min()) < 0 or int(y.max()) >= model.n_classes:
-            raise ValueError(f"labels y must lie in [0, {model.n_classes - 1}]")
+        if isinstance(model, MLP):
+            if x.ndim != 2 or y.ndim != 1 or len(x) != len(y) or len(y) == 0:
+                raise ValueError(f"x must be (N, n0) and y (N,) with N >= 1; got "
+                                 f"{tuple(x.shape)} and {tuple(y.shape)}")
+            if x.shape[1] != model.n0:
+                raise ValueError(f"x has {x.shape[1]} features; the network expects "
+                                 f"n0={model.n0}")
+            n_classes = model.n_classes
+        else:
+            if x.ndim < 2 or y.ndim != 1 or len(x) != len(y) or len(y) == 0:
+                raise ValueError(f"x must be (N, ...) and y (N,) with N >= 1; got "
+                                 f"{tuple(x.shape)} and {tuple(y.shape)}")
+            n_classes = None  # known from the output, below
+        if int(y.min()) < 0 or (n_classes is not None and int(y.max()) >= n_classes):
+            raise ValueError(f"labels y must lie in [0, {n_classes - 1}]" if n_classes
+                             else "labels y must be >= 0")
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype={dtype} must be torch.float32 or torch.float64")
+        if scales is not None and lr_scales is not None:
+            raise ValueError("give lr_scales (one per layer) or scales (one per parameter "
+                             "entry), not both")
         self.part = part
         self.dtype = dtype
         self.device = torch.device(device)
@@ -163,7 +179,25 @@ class LossHessian:
         self.N = len(y)
         cs = self.N if chunk_size is None else check_int("chunk_size", chunk_size, 1)
         self.chunks = [(i, min(i + cs, self.N)) for i in range(0, self.N, cs)]
-        scales = parameter_scales(self.model, lr_scales)
+        if n_classes is None:
+            with torch.no_grad():
+                out = self.model(self.x[:1])
+            if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 1:
+                shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out)
+                raise ValueError(f"the model's output for 1 row is {shape}; the loss needs "
+                                 "logits of shape (N, n_classes)")
+            if int(y.max()) >= out.shape[1]:
+                raise ValueError(f"labels y must lie in [0, {out.shape[1] - 1}]: the model "
+                                 f"outputs {out.shape[1]} logits")
+        if scales is not None:
+            scales = torch.as_tensor(scales, dtype=torch.float64).cpu()
+            if scales.shape != (self.n,):
+                raise ValueError(f"scales must have shape ({self.n},) (one multiplier per "
+                                 f"parameter entry), got {tuple(scales.shape)}")
+            if not bool(torch.isfinite(scales).all()) or bool((scales < 0).any()):
+                raise ValueError("scales must be finite and >= 0")
+        else:
+            scales = parameter_scales(self.model, lr_scales)
         self.sqrt_scales = None if scales is None else scales.sqrt().to(self.device, dtype)
         self.n_products = 0
 

@@ -13,9 +13,10 @@ multiplier, :func:`milr.models.layer_lr_scales`). Gradients come from a *network
 * :class:`StackedMLP` (the default, every record): the ReLU MLP of :mod:`milr.models` with
   mean cross-entropy, forward and backward written out with batched matrix products (the
   input layer of all members that share a minibatch as one ``torch.mm``).
-* :class:`StackedModule`: any ``nn.Module`` whose parameters are grouped by a ``layers``
-  list, any loss, through ``torch.func`` (``vmap`` of ``grad`` of ``functional_call``). It
-  is the generic path (tests train a linear regression with it); on the CPU it is 1.3-11x
+* :class:`StackedModule`: any ``nn.Module`` (parameters grouped into layers by a ``layers``
+  list or by an explicit ``layer_of``), any loss, through ``torch.func`` (``vmap`` of
+  ``grad`` of ``functional_call``). It is the generic path (:func:`milr.custom.eta_star_for`
+  trains a user's module with it, tests a linear regression); on the CPU it is 1.3-11x
   slower than the hand-written backward for the MLPs of the presets (``make bench``), which
   is why the MLP has its own (docs/DESIGN.md, "One trainer").
 
@@ -284,35 +285,70 @@ class StackedMLP:
 class StackedModule:
     """Gradients of M copies of any ``nn.Module`` through ``torch.func``.
 
-    ``module``: the template (its own parameters are never changed); its parameters are
-    grouped into layers by ``module.layers`` (parameter ``p`` belongs to the layer whose
-    ``parameters()`` contain it). ``loss_fn(outputs, y) -> scalar`` (default mean
+    ``module``: the template (its own parameters are never changed; its buffers, dtype and
+    mode are used as they are). ``loss_fn(outputs, y) -> scalar`` (default mean
     cross-entropy). ``init(seed, dtype, device) -> [tensor, ...]`` (optional): the initial
-    parameters of a member added by seed. Members that share a minibatch are vmapped together.
+    parameters of a member added by seed, in ``named_parameters()`` order.
+
+    Layers (the unit of a learning-rate multiplier): ``layer_of`` gives the layer of every
+    parameter in ``named_parameters()`` order (e.g. ``range(n)``: one layer per parameter,
+    as :func:`milr.custom.eta_star_for` uses); by default they are grouped by
+    ``module.layers`` (parameter ``p`` belongs to the layer whose ``parameters()`` contain
+    it). ``frozen_layers``: layers that get no gradient at all (``None`` in :meth:`grads`),
+    so their parameters never change, even when the gradient would be NaN (as
+    :class:`StackedMLP`'s frozen input layer; our choice for a multiplier of 0).
+
+    ``vectorize``: members that share a minibatch are vmapped together (default); ``False``
+    computes them one at a time in a loop (same gradients, for modules that ``vmap`` cannot
+    batch, e.g. in-place updates of buffers). Raises ``ValueError`` for a parameter in no or
+    two layers, or a ``layer_of`` of the wrong length.
     """
 
     def __init__(self, module: torch.nn.Module, loss_fn: Callable = F.cross_entropy,
-                 init: Callable | None = None):
+                 init: Callable | None = None, *, layer_of: Sequence[int] | None = None,
+                 frozen_layers: Iterable[int] = (), vectorize: bool = True):
         from torch.func import functional_call, grad_and_value, vmap
 
         self.module, self._init = module, init
-        self.names = [n for n, _ in module.named_parameters()]
-        layer_params = [{id(p) for p in layer.parameters()} for layer in module.layers]
-        self.layer_of = []
-        for _, p in module.named_parameters():
-            where = [i for i, ids in enumerate(layer_params) if id(p) in ids]
-            if len(where) != 1:
-                raise ValueError("every parameter must belong to exactly one entry of "
-                                 "module.layers")
-            self.layer_of.append(where[0])
-        self.n_layers = len(layer_params)
+        named = list(module.named_parameters())
+        self.names = [n for n, _ in named]
+        if layer_of is None:
+            layer_params = [{id(p) for p in layer.parameters()} for layer in module.layers]
+            self.layer_of = []
+            for _, p in named:
+                where = [i for i, ids in enumerate(layer_params) if id(p) in ids]
+                if len(where) != 1:
+                    raise ValueError("every parameter must belong to exactly one entry of "
+                                     "module.layers")
+                self.layer_of.append(where[0])
+            self.n_layers = len(layer_params)
+        else:
+            self.layer_of = [int(i) for i in layer_of]
+            if len(self.layer_of) != len(named) or any(i < 0 for i in self.layer_of):
+                raise ValueError(f"layer_of must give a layer >= 0 for each of the module's "
+                                 f"{len(named)} parameters, got {len(self.layer_of)} entries")
+            self.n_layers = max(self.layer_of, default=-1) + 1
+        frozen = {int(i) for i in frozen_layers}
+        self.trainable = [i for i, l in enumerate(self.layer_of) if l not in frozen]
+        self.fixed = [i for i, l in enumerate(self.layer_of) if l in frozen]
+        self.vectorize = bool(vectorize)
+        n, train_idx, fixed_idx = len(named), self.trainable, self.fixed
 
-        def loss(params, x, y):
-            return loss_fn(functional_call(module, dict(zip(self.names, params)), (x,)), y)
+        def call(params, x):
+            return functional_call(module, dict(zip(self.names, params)), (x,))
 
-        self._grad = vmap(grad_and_value(loss), in_dims=(0, None, None))
-        self._out = vmap(lambda params, x: functional_call(
-            module, dict(zip(self.names, params)), (x,)), in_dims=(0, None))
+        def loss(tp, fp, x, y):
+            params = [None] * n
+            for i, t in zip(train_idx, tp):
+                params[i] = t
+            for i, t in zip(fixed_idx, fp):
+                params[i] = t
+            return loss_fn(call(params, x), y)
+
+        self._call = call
+        self._grad_one = grad_and_value(loss)  # gradients in the trainable parameters only
+        self._grad = vmap(self._grad_one, in_dims=(0, 0, None, None))
+        self._out = vmap(call, in_dims=(0, None))
 
     def of_model(self, model) -> list[torch.Tensor]:
         return [p.detach() for p in model.parameters()]
@@ -323,19 +359,33 @@ class StackedModule:
         return self._init(seed, dtype, device)
 
     def outputs(self, P, x):
-        return self._out(list(P), x)
+        if self.vectorize:
+            return self._out(list(P), x)
+        return torch.stack([self._call([p[j] for p in P], x) for j in range(P[0].shape[0])])
 
     def forward_loss(self, P, groups, xs, y):
-        losses, grads = [], [[] for _ in P]
+        losses, grads = [], [[] for _ in self.trainable]
         for (a, e), x in zip(groups, xs):
-            g, l = self._grad([p[a:e] for p in P], x, y[a])
+            tp = [P[i][a:e] for i in self.trainable]
+            fp = [P[i][a:e] for i in self.fixed]
+            if self.vectorize:
+                g, l = self._grad(tp, fp, x, y[a])
+            else:
+                each = [self._grad_one([t[j] for t in tp], [t[j] for t in fp], x, y[a])
+                        for j in range(e - a)]
+                g = [torch.stack([gj[k] for gj, _ in each]) for k in range(len(tp))]
+                l = torch.stack([lj for _, lj in each])
             losses.append(l)
             for i, gi in enumerate(g):
                 grads[i].append(gi)
-        return torch.cat(losses), [torch.cat(g) for g in grads]
+        full: list = [None] * len(P)
+        for i, g in zip(self.trainable, grads):
+            full[i] = torch.cat(g)
+        return torch.cat(losses), full
 
     def grads(self, ctx, keep: torch.Tensor) -> list:
-        return [torch.where(keep.view(-1, *([1] * (g.dim() - 1))), g, 0.0) for g in ctx]
+        return [None if g is None else torch.where(keep.view(-1, *([1] * (g.dim() - 1))), g, 0.0)
+                for g in ctx]
 
 
 @dataclass

@@ -106,7 +106,9 @@ def test_milr_imports_form_a_dag_without_function_local_imports():
 
 @pytest.mark.parametrize("low,high", [("config", "train"), ("models", "train"),
                                       ("train", "search"), ("search", "store"),
-                                      ("store", "sweep"), ("sweep", "cli")])
+                                      ("store", "sweep"), ("sweep", "cli"),
+                                      ("store", "custom"), ("search", "custom"),
+                                      ("custom", "sweep")])
 def test_lower_layers_never_reach_higher_ones(low, high):
     """The layers of docs/DESIGN.md: nothing a lower module imports (transitively) is
     higher."""
