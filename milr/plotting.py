@@ -117,13 +117,23 @@ def plain_log_ticks(ax) -> None:
     from matplotlib.ticker import FuncFormatter, LogLocator
 
     fmt = FuncFormatter(lambda v, _: f"{v:g}")
+
+    def mantissa_in(keep):  # label a minor tick only if its leading digit is in ``keep``
+        return FuncFormatter(lambda v, _: f"{v:g}" if v > 0 and round(
+            v / 10 ** math.floor(math.log10(v) + 1e-9)) in keep else "")
+
     for axis in (ax.xaxis, ax.yaxis):
         if axis.get_scale() == "log":
             axis.set_major_formatter(fmt)
+            lo, hi = sorted(ax.get_xlim() if axis is ax.xaxis else ax.get_ylim())
+            span = hi / max(lo, 1e-300)
+            if span < 12:  # about a decade: ticks at 2..9, labels at 2, 3, 5, 7
+                axis.set_minor_locator(LogLocator(subs=(2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)))
+                axis.set_minor_formatter(mantissa_in({2, 3, 5, 7}))
+                continue
             axis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
-            lo, hi = axis.get_view_interval()
-            few_decades = hi / max(lo, 1e-300) < 300  # label 2 and 5 when there is room
-            axis.set_minor_formatter(fmt if few_decades and axis is ax.yaxis
+            few_decades = span < 300  # label 2 and 5 when there is room
+            axis.set_minor_formatter(mantissa_in({2, 5}) if few_decades and axis is ax.yaxis
                                      else FuncFormatter(lambda v, _: ""))
 
 

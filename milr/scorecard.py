@@ -29,13 +29,14 @@ results of the figure notebooks. The rules (our choices; the scorecard notebook 
   if the late rate follows its stability limit and eta* does not follow its own; *partly* if
   only the levels differ (median late / eta* outside [1/2, 2], or the two rates sit at
   multiples of their stability limits more than a factor 2 apart); *not supported*
-  otherwise. (This rule was extended once, after the first late-stage results, by the
-  stability-limit comparison the issue asks for; the scaling-only version is the first
-  sentence.)
+  otherwise. (This rule was extended once, after the first late-stage results had been
+  seen, by the stability-limit comparison; the scaling-only version is the first sentence.)
 * **claim 3, η\\* and λ1 related but not inversely** (:func:`verdict_sharpness_relation`):
   fit eta* ~ lambda_1^-beta. *Related*: R^2 >= 0.5 and beta_lo > 0; *not inverse*: the beta
   interval excludes 1. *Supported* if both; *partly* if related but an inverse law
-  (beta = 1) is not excluded; *not supported* if not related.
+  (beta = 1) is not excluded; *not supported* if not related. Scored on lambda_1 of the plain
+  Hessian (the paper's quantity); beta of the effective lambda_1 (the x axis of
+  fig_eta_star_vs_sharpness) is reported beside it, not scored.
 * **claim 4, lambda_1 = Theta(d w)** (:func:`verdict_sharpness_bounds`, :func:`theta_dw_test`),
   scored as the paper states it: lambda_1 lies between two constant multiples of d w on every
   network. The constant is fitted on one part of the grid and tested on the rest: c = the
@@ -76,7 +77,7 @@ import pandas as pd
 
 from .conditions import (add_residuals, config_table, figure_settings, figure_tasks, fmt_ratio,
                          late_tasks, law_breakdown, reference_fit)
-from .data import DEFAULT_THRESHOLDS, available_datasets
+from .data import DEFAULT_THRESHOLDS
 from .fit import PowerLawFit, fit_power_law, interval_text
 from .presets import get_preset
 from .store import Store
@@ -176,6 +177,21 @@ def fmt_fit(f, name: str = "α") -> str:
         return f"{name}: no fit"
     return (f"{name} = {f.alpha:.2f}{interval_text(f.alpha_lo, f.alpha_hi)}, "
             f"R² = {f.r2:.2f}, n = {int(f.n_used)}")
+
+
+def _with_left_out(f) -> str:
+    """:func:`fmt_fit` of an eta* fit and, when searches never reached t, how many were left
+    out (``…, n = 69; 3 of 72 searches never reached t: left out``): survivor selection at
+    small d·w, shown next to alpha (:meth:`milr.fit.PowerLawFit.left_out_text`)."""
+    text = fmt_fit(f)
+    extra = f.left_out_text() if f is not None and hasattr(f, "left_out_text") else ""
+    return f"{text}; {extra}" if extra else text
+
+
+def _left_out_short(f) -> str:
+    """`` (3 of 72 left out)`` for a fit that left searches out, else ``""``."""
+    n = int(getattr(f, "n_dropped", 0) or 0)
+    return f" ({n} of {int(f.n_used) + n} left out)" if n else ""
 
 
 def intervals_overlap(a: tuple, b: tuple) -> bool:
@@ -475,11 +491,6 @@ def _fit(x, y, n_boot=1000) -> PowerLawFit:
                              n_boot=n_boot, seed=0)
 
 
-def _available(datasets: Sequence[str]) -> list[str]:
-    have = set(available_datasets())
-    return [d for d in datasets if d in have]
-
-
 def collect_scorecard(preset: str = "quick", store=None,
                       datasets: Sequence[str] | None = None) -> tuple[pd.DataFrame, dict]:
     """Read the cached results of every figure of ``preset`` from ``store`` (nothing is
@@ -488,7 +499,7 @@ def collect_scorecard(preset: str = "quick", store=None,
     dicts) for the notebook to show."""
     store = Store() if store is None else store
     P = get_preset(preset)
-    datasets = _available(datasets or P["datasets"])
+    datasets = list(datasets or P["datasets"])  # from the cache: no data files needed
     rows: list[ClaimRow] = []
     numbers: dict = {cid: {} for cid, _, _ in CLAIMS}
     text = {cid: (claim, fig) for cid, claim, fig in CLAIMS}
@@ -511,7 +522,7 @@ def collect_scorecard(preset: str = "quick", store=None,
         # claim 1
         f1 = _fit(d.dw, d.eta_star) if len(d) else None
         numbers["1"][ds] = f1
-        add("1", ds, fmt_fit(f1) if len(d) else "no records", verdict_power_law(f1))
+        add("1", ds, _with_left_out(f1) if len(d) else "no records", verdict_power_law(f1))
 
         # condition (i)
         if "width_vs_depth" in P and not len(d):
@@ -556,7 +567,7 @@ def collect_scorecard(preset: str = "quick", store=None,
                     fits[float(label.split("=")[1])] = _fit(dd.dw, dd.eta_star)
             numbers["1 (ii)"][ds] = fits
             ev = "; ".join(f"s = {s_:g}: α = {f.alpha:.2f}, R² = {f.r2:.2f}"
-                           for s_, f in sorted(fits.items(), reverse=True)
+                           f"{_left_out_short(f)}" for s_, f in sorted(fits.items(), reverse=True)
                            if _finite(f.alpha)) or "no records"
             add("1 (ii)", ds, ev, verdict_input_lr(fits))
 
@@ -612,8 +623,13 @@ def collect_scorecard(preset: str = "quick", store=None,
             prod = (m.eta_star.astype(float) * m.lambda_1.astype(float))
             prod = prod[np.isfinite(prod)]
             spread = (f"; η*·λ1 from {prod.min():.2g} to {prod.max():.2g}" if len(prod) else "")
-            add("3", ds, fmt_fit(fb, "β (η* ∝ λ1^−β, λ1 of the plain Hessian)") + spread,
-                verdict_sharpness_relation(fb))
+            ev3 = fmt_fit(fb, "β (η* ∝ λ1^−β, λ1 of the plain Hessian)") + spread
+            if "lambda_1_eff" in sd:  # the x axis of fig_eta_star_vs_sharpness; not scored
+                m_eff = d.merge(sd[["dataset", "depth", "width", "seed", "lambda_1_eff"]],
+                                on=["dataset", "depth", "width", "seed"])
+                ev3 += (". Effective λ1 (input layer at the trials' rate; the figure's axis; "
+                        "not scored): " + fmt_fit(_fit(m_eff.lambda_1_eff, m_eff.eta_star), "β"))
+            add("3", ds, ev3, verdict_sharpness_relation(fb))
             fg = _fit(sd.dw, 1.0 / sd.lambda_1.astype(float).to_numpy())
             theta = theta_dw_test(sd.dw, sd.lambda_1)
             ev = f"plain Hessian: {theta.text()}; exponent {fmt_fit(fg, 'γ')}"

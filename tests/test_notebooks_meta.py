@@ -128,7 +128,7 @@ def markdown_links(nb) -> list[str]:
 # -- every notebook ---------------------------------------------------------------------------
 
 def test_there_are_notebooks():
-    assert INDEX.exists(), "notebooks/00_index.ipynb is the entry point (README, Binder badge)"
+    assert INDEX.exists(), "notebooks/00_index.ipynb is the entry point (README, Binder link)"
     assert len(NOTEBOOKS) >= 1
 
 
