@@ -168,6 +168,17 @@ def _typed(kind: type, allowed: str):
 _INT, _NUMBER = _typed(int, "an integer"), _typed(float, "a number")
 
 
+def _number_or_off(text: str):
+    """A number, or ``off`` (kept as the string: the configuration class turns it into None)."""
+    if text.strip().lower() == "off":
+        return "off"
+    return _typed(float, "a number or 'off'")(text)
+
+
+#: Fields whose rule can be switched off on the command line (``--blowup-factor off``).
+_OFF_FIELDS = ("blowup_factor",)
+
+
 def _add_run_options(p: argparse.ArgumentParser, default_workers: str = "auto") -> None:
     g = p.add_argument_group("where results go and how tasks run")
     g.add_argument("--store", metavar="DIR", default=None,
@@ -255,6 +266,8 @@ def _add_dataclass_options(p, cls, skip=(), group_title=None, helps=None,
         else:
             kind = {int: _INT, float: _NUMBER}.get(typ, typ)
             metavar = {int: "N", float: "X"}.get(typ, "NAME")
+            if f.name in _OFF_FIELDS:
+                kind, metavar = _number_or_off, "X|off"
             g.add_argument(flag, dest=f.name, type=kind, default=None, metavar=metavar,
                            help=h)
         names.append(f.name)
@@ -269,8 +282,12 @@ _TRIAL_HELP = {
     "eval_every": "steps between validation-accuracy checks",
     "n_val": "size of the fixed validation subset, at most the split's rows",
     "input_lr_scale": "the input layer trains at this x eta, in [0, 1]",
-    "blowup_factor": "a trial diverges when a batch loss exceeds this x the initial loss",
+    "blowup_factor": "a trial diverges when a batch loss exceeds this x the initial loss, > 1; "
+                     "off: only non-finite losses stop a trial",
     "dtype": "float32 or float64",
+    "readout_gain": "read-out weights ~ N(0, readout_gain / fan_in), > 0 (2: He like the "
+                    "hidden layers)",
+    "bias": "zero-initialised, trained biases in every layer (--no-bias: none)",
 }
 _SEARCH_HELP = {
     "eta_lo": "lower end of the initial bracket, > 0",
@@ -292,6 +309,8 @@ _SHARP_HELP = {
     "gauss_newton": "also compute the Gauss-Newton part's top eigenvalue",
     "weights_dtype": "dtype the network is built in (float32 or float64)",
     "hvp_dtype": "dtype of the Hessian-vector products (float32 or float64)",
+    "readout_gain": "read-out weights ~ N(0, readout_gain / fan_in), > 0 (the trials' value)",
+    "bias": "zero-initialised biases in every layer (--no-bias: none; the trials' value)",
     "chunk_size": "samples per pass (memory only, not part of the record; default: all)",
 }
 _DEFAULTS_NOTE = textwrap.fill(

@@ -207,7 +207,7 @@ def late_tasks(preset: dict, reference: pd.DataFrame,
     ds = list(datasets) if datasets is not None else list(s["datasets"])
     t = s["trial"]
     opts = {k: t[k] for k in ("batch_size", "n_val", "input_lr_scale", "blowup_factor",
-                              "dtype", "eval_every") if k in t}
+                              "dtype", "eval_every", "readout_gain", "bias") if k in t}
     opts.update(s.get("late", {}))
     search = {k: v for k, v in s["search"].items() if k != "k"}
     return late_lr_tasks(ds, s["depths"], s["widths"], s["seeds"],

@@ -24,7 +24,9 @@ from .data import (CHANCE_ACCURACY, DATASETS, DEFAULT_THRESHOLDS, SPLIT_SIZES, D
 __all__ = ["TrialConfig", "SearchConfig", "config_key", "check_int", "check_float",
            "check_dataset", "check_int_list", "check_datasets", "check_seeds", "check_grid",
            "check_device", "check_device_available", "check_workers", "check_scheduler",
-           "check_datasets_available", "usable_cores", "check_split_rows"]
+           "check_datasets_available", "usable_cores", "check_split_rows", "check_readout_gain",
+           "check_bias", "check_blowup_factor", "NETWORK_DEFAULTS", "network_options",
+           "drop_network_defaults"]
 
 DTYPES = ("float32", "float64")
 _DEVICE_RE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
@@ -91,6 +93,65 @@ def check_float(
         rb = ")" if hi_open else "]"
         raise ValueError(f"{name}={value!r} must be a finite number in {lb}{lo}, {hi}{rb}")
     return value
+
+
+# -- network and divergence choices -----------------------------------------------------------
+
+#: Network choices that became configuration fields after records existed, with their
+#: defaults (the values every earlier record used; our choices, README "Method"). At its
+#: default such a field is left out of a record's configuration
+#: (:func:`drop_network_defaults`), so every earlier record keeps its key and file name; any
+#: other value is part of the key.
+NETWORK_DEFAULTS = {"readout_gain": 1.0, "bias": True}
+
+
+def check_readout_gain(value) -> float:
+    """``value`` as the read-out layer's initialisation gain g: its weights are drawn from
+    ``N(0, g / fan_in)``; a finite number > 0, else ``ValueError``/``TypeError``. 1 is our
+    default (unit-variance logits per unit second moment of the last hidden layer), 2 is He
+    initialisation of the read-out too (its variance as the hidden layers')."""
+    return check_float("readout_gain", value, 0.0, lo_open=True, hi_open=True)
+
+
+def check_bias(value) -> bool:
+    """``value`` if it is ``True`` (every layer has a bias, zero-initialised and trained, our
+    default) or ``False`` (no bias parameters at all), else ``TypeError``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"bias={value!r} must be True (zero-initialised, trained biases) or "
+                        "False (no biases)")
+    return value
+
+
+def check_blowup_factor(value) -> float | None:
+    """The loss blow-up rule: a finite factor > 1 (a batch loss above factor x the first
+    batch loss is divergence), or ``None`` (also spelt ``"off"``, or ``False`` as YAML reads
+    ``off``) for no blow-up rule: only non-finite losses, parameters or validation outputs
+    stop a trial. Else ``ValueError``/``TypeError`` naming the allowed values."""
+    if value is None or value is False or (isinstance(value, str)
+                                           and value.strip().lower() in ("off", "none")):
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"blowup_factor={value!r} must be a number > 1 or 'off' (None)")
+    value = float(value)
+    if not (math.isfinite(value) and value > 1.0):
+        raise ValueError(f"blowup_factor={value!r} must be a finite number in (1.0, inf) or "
+                         "'off' (None: only non-finite losses stop a trial)")
+    return value
+
+
+def network_options(obj) -> dict:
+    """``{field: value}`` of the :data:`NETWORK_DEFAULTS` fields of ``obj`` (a
+    :class:`TrialConfig`, a sharpness or late-stage task): what building its network needs
+    beyond the sizes (keyword arguments of :func:`milr.models.make_mlp`)."""
+    return {k: getattr(obj, k) for k in NETWORK_DEFAULTS}
+
+
+def drop_network_defaults(config: dict) -> dict:
+    """``config`` without the :data:`NETWORK_DEFAULTS` fields that hold their default (the
+    record configurations of every kind go through this; see :data:`NETWORK_DEFAULTS`)."""
+    return {k: v for k, v in config.items()
+            if not (k in NETWORK_DEFAULTS and v == NETWORK_DEFAULTS[k]
+                    and type(v) is type(NETWORK_DEFAULTS[k]))}
 
 
 # -- grids and run options ------------------------------------------------------------------
@@ -247,8 +308,17 @@ class TrialConfig:
         (ii); our default 0.01; 0 freezes the input layer), in [0, 1].
     blowup_factor: divergence rule (our choice): a trial fails as diverged as soon as a batch
         loss exceeds ``blowup_factor`` x the initial batch loss, or any loss or parameter is
-        non-finite (NaN or +/-inf). Default 100.
+        non-finite (NaN or +/-inf). Default 100; ``None`` (or ``"off"``) turns the blow-up
+        rule off: only non-finite losses, parameters or validation outputs stop a trial
+        (:func:`check_blowup_factor`).
     dtype: ``"float32"`` or ``"float64"``.
+    readout_gain: read-out weights ~ N(0, readout_gain / fan_in) (our choice 1; 2 is He
+        initialisation of the read-out too), any finite value > 0 (:func:`check_readout_gain`).
+    bias: ``True`` (default): every layer has a bias, zero-initialised and trained;
+        ``False``: no bias parameters at all.
+
+    ``readout_gain`` and ``bias`` are left out of :meth:`to_dict` (the record's key) at their
+    defaults, so records made before they existed keep their keys (:data:`NETWORK_DEFAULTS`).
     """
 
     dataset: str
@@ -260,8 +330,10 @@ class TrialConfig:
     eval_every: int = 25
     n_val: int | None = 1000
     input_lr_scale: float = 0.01
-    blowup_factor: float = 100.0
+    blowup_factor: float | None = 100.0
     dtype: str = "float32"
+    readout_gain: float = 1.0
+    bias: bool = True
 
     def __post_init__(self):
         check_dataset(self.dataset)
@@ -277,13 +349,16 @@ class TrialConfig:
         set_("eval_every", check_int("eval_every", self.eval_every))
         set_("n_val", check_split_rows("n_val", self.n_val, self.dataset, "val"))
         set_("input_lr_scale", check_float("input_lr_scale", self.input_lr_scale, 0.0, 1.0))
-        set_("blowup_factor", check_float("blowup_factor", self.blowup_factor, 1.0,
-                                          lo_open=True))
+        set_("blowup_factor", check_blowup_factor(self.blowup_factor))
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype={self.dtype!r} must be one of {DTYPES}")
+        set_("readout_gain", check_readout_gain(self.readout_gain))
+        set_("bias", check_bias(self.bias))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields as a dict, ``readout_gain`` and ``bias`` only when not at their
+        defaults (:func:`drop_network_defaults`): the trial part of a record's key."""
+        return drop_network_defaults(asdict(self))
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,9 @@ class PowerLawFit:
     alpha_lo, alpha_hi: bootstrap percentile interval of alpha at level ``ci`` (pairs resampled
         with replacement, ``n_boot`` times, seeded); NaN when fewer than 3 points.
     r2: coefficient of determination of the log-log fit.
-    n_used: points used; n_dropped: points dropped as non-finite or non-positive.
+    n_used: points used; n_dropped: points dropped as non-finite or non-positive (for eta*:
+        the searches that never reached t; :attr:`n_left_out`, :attr:`n_total` and
+        :meth:`left_out_text` report them).
     empty_reason: ``""`` for a real fit; otherwise why there is none (fewer than two usable
         points, or every usable x equal), and every statistic is NaN. Test it with
         :attr:`empty` rather than with NaN checks.
@@ -43,6 +45,25 @@ class PowerLawFit:
     @property
     def c(self) -> float:
         return math.exp(self.log_c)
+
+    @property
+    def n_left_out(self) -> int:
+        """Points left out of the fit (= ``n_dropped``). For eta* against d w these are the
+        searches that never reached the threshold (eta* NaN): leaving them out is survivor
+        selection at small d w, so every figure and the scorecard quote this count."""
+        return int(self.n_dropped)
+
+    @property
+    def n_total(self) -> int:
+        """Points given to the fit: ``n_used + n_left_out``."""
+        return int(self.n_used) + int(self.n_dropped)
+
+    def left_out_text(self, what: str = "searches", why: str = "never reached t") -> str:
+        """``3 of 72 searches never reached t: left out`` (``""`` when none was): how the
+        figures and the scorecard report :attr:`n_left_out`."""
+        if not self.n_dropped:
+            return ""
+        return f"{self.n_left_out} of {self.n_total} {what} {why}: left out"
 
     def predict(self, x) -> np.ndarray:
         """c * x**(-alpha) for an array of x > 0."""

@@ -53,8 +53,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import (SearchConfig, check_dataset, check_float, check_grid, check_int,
-                     check_split_rows)
+from .config import (SearchConfig, check_bias, check_blowup_factor, check_dataset, check_float,
+                     check_grid, check_int, check_readout_gain, check_split_rows,
+                     drop_network_defaults, network_options)
 from .data import CHANCE_ACCURACY, Dataset, load_dataset
 from .models import MLP, layer_lr_scales, make_mlp
 from .search import EtaStarResult, k_section
@@ -95,7 +96,8 @@ def _trainer(model, x_train, y_train, order, x_val, y_val, lr_scales, blowup_fac
     every = steps if eval_every is None else check_int("eval_every", eval_every, 1)
     if isinstance(model, MLP) and loss_fn is F.cross_entropy:
         net = StackedMLP([model.n0] + [model.width] * model.depth + [model.n_classes],
-                         train_input=float(lr_scales[0]) > 0)
+                         train_input=float(lr_scales[0]) > 0, bias=model.has_bias,
+                         readout_gain=model.readout_gain)
     else:
         net = StackedModule(model, loss_fn)
     p0 = next(model.parameters())
@@ -176,7 +178,7 @@ def _late_result(r, score_start: float, delta: float, window: int) -> LateTrialR
 def _check_late(eta, delta, blowup_factor, order, eval_every, window):
     check_float("eta", eta, 0.0, lo_open=True)
     check_float("delta", delta, 0.0)
-    check_float("blowup_factor", blowup_factor, 1.0, lo_open=True)
+    check_blowup_factor(blowup_factor)
     if order.ndim != 2 or order.shape[0] < 1:
         raise ValueError(f"order must be a (steps, B) index tensor with steps >= 1, got "
                          f"shape {tuple(order.shape)}")
@@ -200,7 +202,7 @@ def late_trial(
     *,
     lr_scales: Sequence[float],
     delta: float = 0.02,
-    blowup_factor: float = 100.0,
+    blowup_factor: float | None = 100.0,
     score_start: float | None = None,
     loss_fn: Callable = F.cross_entropy,
     score_fn: Callable = correct_fraction,
@@ -221,7 +223,7 @@ def late_trial(
     delta: allowed loss of score, >= 0 (default 0.02 of accuracy; our choice, see the module
         docstring).
     blowup_factor: divergence when a batch loss exceeds this x the trial's first batch loss
-        (> 1; default 100, the eta* trials' rule).
+        (> 1; default 100, the eta* trials' rule; None: no blow-up rule).
     score_start: the reference score (default: one snapshot of ``model``'s score; the task
         passes the warm-up's window mean).
     loss_fn: ``loss_fn(outputs, y) -> scalar`` (default mean cross-entropy).
@@ -265,7 +267,7 @@ def late_max_lr(
     *,
     lr_scales: Sequence[float],
     delta: float = 0.02,
-    blowup_factor: float = 100.0,
+    blowup_factor: float | None = 100.0,
     loss_fn: Callable = F.cross_entropy,
     score_fn: Callable = correct_fraction,
     seed: int = 0,
@@ -322,7 +324,7 @@ class WarmUpResult:
 
 
 def warm_up(model, lr: float, x_train, y_train, order, x_val, y_val, *,
-            lr_scales: Sequence[float], blowup_factor: float = 100.0,
+            lr_scales: Sequence[float], blowup_factor: float | None = 100.0,
             eval_every: int | None = None, window: int = 1) -> WarmUpResult:
     """Train ``model`` *in place* with plain SGD at constant rate ``lr`` (layer ``l`` at
     ``lr_scales[l] * lr``) on the minibatches ``order`` ``(steps, B)``, cross-entropy loss,
@@ -373,8 +375,10 @@ class LateLRTask:
     eval_every, window: validation accuracy every ``eval_every`` steps (default 25, the
         trials' period); the warm-up's reference and a trial's end score are the means of
         their last ``window`` evaluations (default 4, i.e. the last 100 steps).
-    batch_size, n_val, input_lr_scale, blowup_factor, dtype: as in
-        :class:`milr.config.TrialConfig` (defaults: the quick preset's).
+    batch_size, n_val, input_lr_scale, blowup_factor, dtype, readout_gain, bias: as in
+        :class:`milr.config.TrialConfig` (defaults: the quick preset's; readout_gain and bias
+        are left out of the record's configuration at their defaults, so earlier records
+        keep their keys).
     n_subset, sharpness_tol: subset size and Lanczos tolerance of lambda_1 at the warmed-up
         state (:func:`milr.sharpness.sharpness`; defaults 1000 and 1e-4).
     plain_sharpness: also compute the plain lambda_1 (all layers at multiplier 1).
@@ -397,8 +401,10 @@ class LateLRTask:
     batch_size: int = 64
     n_val: int = 1000
     input_lr_scale: float = 0.01
-    blowup_factor: float = 100.0
+    blowup_factor: float | None = 100.0
     dtype: str = "float32"
+    readout_gain: float = 1.0
+    bias: bool = True
     n_subset: int = 1000
     sharpness_tol: float = 1e-4
     plain_sharpness: bool = False
@@ -425,8 +431,9 @@ class LateLRTask:
         set_("warmup_lr", check_float("warmup_lr", self.warmup_lr, 0.0, lo_open=True))
         set_("delta", check_float("delta", self.delta, 0.0, 1.0))
         set_("input_lr_scale", check_float("input_lr_scale", self.input_lr_scale, 0.0, 1.0))
-        set_("blowup_factor", check_float("blowup_factor", self.blowup_factor, 1.0,
-                                          lo_open=True))
+        set_("blowup_factor", check_blowup_factor(self.blowup_factor))
+        set_("readout_gain", check_readout_gain(self.readout_gain))
+        set_("bias", check_bias(self.bias))
         set_("sharpness_tol", check_float("sharpness_tol", self.sharpness_tol, 0.0, 1.0,
                                           lo_open=True, hi_open=True))
         if self.dtype not in DTYPES:
@@ -449,7 +456,7 @@ class LateLRTask:
     def record_config(self) -> dict:
         """Flat JSON configuration that keys the record (seed included; ``eta_star_ref`` and
         ``warmup_fraction`` left out: ``warmup_lr`` fixes the computation)."""
-        d = asdict(self)
+        d = drop_network_defaults(asdict(self))
         for k in ("search", "eta_star_ref", "warmup_fraction"):
             d.pop(k)
         d.update({f"search_{k}": v for k, v in self.search.to_dict().items()})
@@ -474,7 +481,7 @@ class LateLRTask:
         order = batch_indices(len(ytr), self.batch_size, self.warmup_steps + self.trial_steps,
                               self.seed).to(device)
         model = make_mlp(data.input_dim, self.width, self.depth, data.n_classes, self.seed,
-                         dt, device)
+                         dt, device, **network_options(self))
         warm = warm_up(model, self.warmup_lr, xtr, ytr, order[: self.warmup_steps], xv, yv,
                        lr_scales=self.lr_scales(), blowup_factor=self.blowup_factor,
                        eval_every=self.eval_every, window=self.window)

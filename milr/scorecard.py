@@ -196,6 +196,21 @@ def fmt_fit(f, name: str = "α") -> str:
             f"R² = {f.r2:.2f}, n = {int(f.n_used)}")
 
 
+def _with_left_out(f) -> str:
+    """:func:`fmt_fit` of an eta* fit and, when searches never reached t, how many were left
+    out (``…, n = 69; 3 of 72 searches never reached t: left out``): survivor selection at
+    small d·w, shown next to alpha (:meth:`milr.fit.PowerLawFit.left_out_text`)."""
+    text = fmt_fit(f)
+    extra = f.left_out_text() if f is not None and hasattr(f, "left_out_text") else ""
+    return f"{text}; {extra}" if extra else text
+
+
+def _left_out_short(f) -> str:
+    """`` (3 of 72 left out)`` for a fit that left searches out, else ``""``."""
+    n = int(getattr(f, "n_dropped", 0) or 0)
+    return f" ({n} of {int(f.n_used) + n} left out)" if n else ""
+
+
 def intervals_overlap(a: tuple, b: tuple) -> bool:
     """Do the closed intervals ``a = (lo, hi)`` and ``b`` overlap? (NaN bounds: True, i.e.
     no evidence of a difference.)"""
@@ -587,7 +602,7 @@ def collect_scorecard(preset: str = "quick", store=None,
         # claim 1
         f1 = _fit(d.dw, d.eta_star) if len(d) else None
         numbers["1"][ds] = f1
-        add("1", ds, fmt_fit(f1) if len(d) else "no records", verdict_power_law(f1))
+        add("1", ds, _with_left_out(f1) if len(d) else "no records", verdict_power_law(f1))
 
         # condition (i)
         if "width_vs_depth" in P and not len(d):
@@ -632,7 +647,7 @@ def collect_scorecard(preset: str = "quick", store=None,
                     fits[float(label.split("=")[1])] = _fit(dd.dw, dd.eta_star)
             numbers["1 (ii)"][ds] = fits
             ev = "; ".join(f"s = {s_:g}: α = {f.alpha:.2f}, R² = {f.r2:.2f}"
-                           for s_, f in sorted(fits.items(), reverse=True)
+                           f"{_left_out_short(f)}" for s_, f in sorted(fits.items(), reverse=True)
                            if _finite(f.alpha)) or "no records"
             add("1 (ii)", ds, ev, verdict_input_lr(fits))
 

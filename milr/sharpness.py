@@ -15,7 +15,8 @@ Our choices (documented in the README, "Sharpness and theory"):
   seed-0 permutation (:func:`sharpness_subset`), the same for every network and seed.
   ``n_subset`` is recorded beside every result.
 * **Network**: the very network whose eta* is measured: :func:`milr.models.make_mlp` with
-  the trial's seed and dtype; its float32 weights are cast exactly to float64 for the HVPs.
+  the trial's seed, dtype, read-out initialisation and biases; its float32 weights are cast
+  exactly to float64 for the HVPs.
 * **Operators** (``part``): ``"hessian"``, the full Hessian H; ``"gauss_newton"``, its
   Gauss-Newton part ``G = (1/N) sum_i J_i^T H_CE(i) J_i`` (J_i the Jacobian of the logits,
   ``H_CE = diag(p) - p p^T`` the softmax curvature). With ``lr_scales`` the operator becomes
@@ -45,7 +46,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import check_dataset, check_float, check_grid, check_int, check_split_rows
+from .config import (check_bias, check_dataset, check_float, check_grid, check_int,
+                     check_readout_gain, check_split_rows, drop_network_defaults,
+                     network_options)
 from .data import Dataset, load_dataset
 from .models import MLP, layer_lr_scales, make_mlp
 from .train import torch_dtype
@@ -585,6 +588,10 @@ class SharpnessTask:
     weights_dtype: dtype the network is built in (the trials' dtype, default float32; its
         weights are cast exactly to ``hvp_dtype``). hvp_dtype: dtype of the products
         (default float64).
+    readout_gain, bias: the network's read-out initialisation and biases, as in
+        :class:`milr.config.TrialConfig` (give the trials' values: lambda_1 is of the very
+        network whose eta* is measured); left out of the record's configuration at their
+        defaults (1.0, True), so earlier records keep their keys.
     chunk_size: samples per pass (memory only; does not change the result beyond rounding,
         so it is not part of the record's configuration).
     """
@@ -602,6 +609,8 @@ class SharpnessTask:
     gauss_newton: bool = False
     weights_dtype: str = "float32"
     hvp_dtype: str = "float64"
+    readout_gain: float = 1.0
+    bias: bool = True
     chunk_size: int | None = None
     kind = KIND
 
@@ -623,12 +632,15 @@ class SharpnessTask:
         for name in ("weights_dtype", "hvp_dtype"):
             if getattr(self, name) not in HVP_DTYPES:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be one of {HVP_DTYPES}")
+        set_("readout_gain", check_readout_gain(self.readout_gain))
+        set_("bias", check_bias(self.bias))
         if self.chunk_size is not None:
             set_("chunk_size", check_int("chunk_size", self.chunk_size))
 
     def record_config(self) -> dict:
-        """Flat JSON configuration keying the record (seed included; chunk_size left out)."""
-        d = asdict(self)
+        """Flat JSON configuration keying the record (seed included; chunk_size left out, and
+        readout_gain and bias at their defaults: :func:`milr.config.drop_network_defaults`)."""
+        d = drop_network_defaults(asdict(self))
         d.pop("chunk_size")
         d["loss"] = "mean_cross_entropy"
         d["subset"] = f"train[randperm(seed={SUBSET_SEED})[:n_subset]]"
@@ -639,7 +651,7 @@ class SharpnessTask:
         data = load_dataset(self.dataset)
         x, y = sharpness_subset(data, self.n_subset)
         model = make_mlp(data.input_dim, self.width, self.depth, data.n_classes, self.seed,
-                         torch_dtype(self.weights_dtype), device)
+                         torch_dtype(self.weights_dtype), device, **network_options(self))
         return model, x, y, data
 
     def compute(self, device: str | torch.device = "cpu") -> dict:

@@ -54,9 +54,9 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
-from .config import (SearchConfig, TrialConfig, check_datasets_available, check_device,
-                     check_device_available, check_float, check_grid, check_int,
-                     check_scheduler, check_workers, config_key, field_names)
+from .config import (NETWORK_DEFAULTS, SearchConfig, TrialConfig, check_datasets_available,
+                     check_device, check_device_available, check_float, check_grid, check_int,
+                     check_scheduler, check_workers, config_key, field_names, network_options)
 from .data import INPUT_DIMS, gaussian_bayes_accuracy, load_dataset, track_sources
 from .search import eta_star
 from .store import Store, describe_claim, lease_seconds, run_metadata
@@ -978,10 +978,11 @@ def run_sweep(
 def load_results(tasks: list, store: Store | None = None) -> pd.DataFrame:
     """Results of exactly these tasks (missing ones are absent), as a DataFrame.
 
-    Columns: the configuration fields (``seed`` included), the scalar result fields (for
-    eta*: ``eta_star``, ``bracket_lo``, ``bracket_hi``, ``status``, ``eta_min``,
-    ``non_interval``, ``n_trials``, ``wall_time``), ``kind``, ``code_version``, ``device`` and,
-    when the configuration has depth and width, ``dw`` = depth x width.
+    Columns: the configuration fields (``seed`` included; ``readout_gain`` and ``bias`` for
+    network tasks even where the record's configuration leaves their defaults out), the
+    scalar result fields (for eta*: ``eta_star``, ``bracket_lo``, ``bracket_hi``, ``status``,
+    ``eta_min``, ``non_interval``, ``n_trials``, ``wall_time``), ``kind``, ``code_version``,
+    ``device`` and, when the configuration has depth and width, ``dw`` = depth x width.
     """
     store = Store() if store is None else store
     rows = []
@@ -990,6 +991,9 @@ def load_results(tasks: list, store: Store | None = None) -> pd.DataFrame:
         if rec is None:
             continue
         row = dict(rec["config"])
+        net = getattr(t, "trial", t)  # readout_gain and bias even where the key omits them
+        if all(hasattr(net, k) for k in NETWORK_DEFAULTS):
+            row.update(network_options(net))
         row.update({k: v for k, v in rec["result"].items() if not isinstance(v, (list, dict))})
         row["kind"] = t.kind
         row["code_version"] = rec.get("meta", {}).get("code_version")

@@ -22,11 +22,11 @@ multiplier, :func:`milr.models.layer_lr_scales`). Gradients come from a *network
 The stopping rules (:class:`StopRules`, one place, our choices; the paper's Sec. 3 gives
 the threshold idea): after every step a member stops as ``diverged_nonfinite`` if its batch
 loss is NaN or +/-inf and as ``diverged_blowup`` if it exceeds ``blowup_factor`` x its first
-batch loss. Every ``eval_every`` steps and after its last step it is evaluated on the
-validation inputs: a non-finite parameter or a non-finite validation output stops it as
-``diverged_nonfinite`` (a row with a non-finite logit never counts as correct); otherwise it
-stops as ``reached_threshold`` once the score reaches ``threshold`` (if one is set) and as
-``budget_exhausted`` after ``step_budget`` steps.
+batch loss (no such rule with ``blowup_factor=None``). Every ``eval_every`` steps and after
+its last step it is evaluated on the validation inputs: a non-finite parameter or a
+non-finite validation output stops it as ``diverged_nonfinite`` (a row with a non-finite logit
+never counts as correct); otherwise it stops as ``reached_threshold`` once the score reaches
+``threshold`` (if one is set) and as ``budget_exhausted`` after ``step_budget`` steps.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .config import TrialConfig, check_float, check_int
+from .config import TrialConfig, check_float, check_int, network_options
 from .data import Dataset, load_dataset
 from .models import layer_lr_scales, make_mlp
 
@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 REASONS = ("reached_threshold", "diverged_nonfinite", "diverged_blowup", "budget_exhausted",
            "cancelled")
+#: The blow-up limit when the rule is off: every finite float64 loss is at or below it.
+_F64_MAX = torch.finfo(torch.float64).max
 #: The keys of a trial's entry in an eta* record's trial log (:meth:`TrialResult.to_dict`).
 _LOG_FIELDS = ("eta", "success", "reason", "steps", "best_acc", "final_acc", "loss0",
                "wall_time")
@@ -168,13 +170,14 @@ class StopRules:
 
     step_budget: most SGD steps. eval_every: evaluation period (and after the last step).
     threshold: score at which a member succeeds; ``None``: it never stops early on its score.
-    blowup_factor: a batch loss above this x the member's first batch loss is divergence.
+    blowup_factor: a batch loss above this x the member's first batch loss is divergence;
+        ``None``: no blow-up rule (only non-finite losses, parameters or outputs stop it).
     """
 
     step_budget: int
     eval_every: int
     threshold: float | None
-    blowup_factor: float
+    blowup_factor: float | None
 
     @classmethod
     def of(cls, cfg: TrialConfig) -> "StopRules":
@@ -202,39 +205,67 @@ def _relu_backward(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return torch.ops.aten.threshold_backward(grad, out, 0)
 
 
+def _affine(h: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """``h @ W^T + b`` for stacked ``h (M, n, in)``, ``W (M, out, in)``, ``b (M, out)`` or
+    ``None`` (no bias); with a bias one fused ``baddbmm``."""
+    if b is None:
+        return torch.bmm(h, W.transpose(1, 2))
+    return torch.baddbmm(b.unsqueeze(1), h, W.transpose(1, 2))
+
+
 class StackedMLP:
     """Gradients of M stacked ReLU MLPs (:class:`milr.models.MLP`) under mean cross-entropy.
 
-    Parameters are ``[W_0, b_0, ..., W_d, b_d]``, ``W_l (M, out, in)``, ``b_l (M, out)``;
-    parameter ``i`` belongs to layer ``i // 2``. ``train_input=False`` (input-layer rate 0)
-    skips the input layer's gradient (its parameters then never change, even when the
-    gradient would be NaN).
+    Parameters are ``[W_0, b_0, ..., W_d, b_d]`` (``bias=True``) or ``[W_0, ..., W_d]``
+    (``bias=False``: no biases at all), ``W_l (M, out, in)``, ``b_l (M, out)``; parameter
+    ``i`` belongs to layer ``i // 2`` (``i`` without biases). ``train_input=False``
+    (input-layer rate 0) skips the input layer's gradient (its parameters then never change,
+    even when the gradient would be NaN). ``bias`` and ``readout_gain`` also define the fresh
+    networks of :meth:`init` (:func:`milr.models.make_mlp`).
     """
 
-    def __init__(self, dims: Sequence[int], train_input: bool = True):
+    def __init__(self, dims: Sequence[int], train_input: bool = True, bias: bool = True,
+                 readout_gain: float = 1.0):
         self.dims = list(dims)
         self.n_layers = len(self.dims) - 1
-        self.layer_of = [i // 2 for i in range(2 * self.n_layers)]
+        self.bias = bool(bias)
+        self.readout_gain = float(readout_gain)
+        self.per_layer = 2 if self.bias else 1
+        self.layer_of = [i // self.per_layer for i in range(self.per_layer * self.n_layers)]
         self.train_input = bool(train_input)
+
+    def weights(self, P: list) -> list:
+        """The weights ``W_l`` of the stacked parameters ``P``, one per layer."""
+        return P[0::self.per_layer]
+
+    def biases(self, P: list) -> list:
+        """The biases ``b_l`` of ``P``, one per layer (``None`` each without biases)."""
+        return P[1::2] if self.bias else [None] * self.n_layers
 
     def init(self, seed: int, dtype, device) -> list[torch.Tensor]:
         """The parameters of a fresh network from ``seed`` (:func:`milr.models.make_mlp`)."""
         net = make_mlp(self.dims[0], self.dims[1], self.n_layers - 1, self.dims[-1], seed,
-                       dtype, device)
-        return [t.detach() for layer in net.layers for t in (layer.weight, layer.bias)]
+                       dtype, device, bias=self.bias, readout_gain=self.readout_gain)
+        return self.of_model(net)
 
     def of_model(self, model) -> list[torch.Tensor]:
-        """The parameters of a built :class:`milr.models.MLP`, in this network's order."""
-        return [t.detach() for layer in model.layers for t in (layer.weight, layer.bias)]
+        """The parameters of a built :class:`milr.models.MLP`, in this network's order;
+        ``ValueError`` if it has biases and this network has not, or the reverse."""
+        out = [t.detach() for layer in model.layers for t in layer.parameters()]
+        if len(out) != len(self.layer_of):
+            raise ValueError(f"the model has {len(out)} parameter tensors; this network "
+                             f"(bias={self.bias}) has {len(self.layer_of)}")
+        return out
 
     def outputs(self, P: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """Logits ``(m, n, C)`` of the stacked parameters ``P`` on shared inputs ``x (n, n0)``."""
-        W, b = P[0::2], P[1::2]
+        W, b = self.weights(P), self.biases(P)
         m, n = W[0].shape[0], x.shape[0]
         z = torch.mm(x, W[0].reshape(-1, self.dims[0]).t()).view(n, m, -1).transpose(0, 1)
-        z = z + b[0].unsqueeze(1)
+        if b[0] is not None:
+            z = z + b[0].unsqueeze(1)
         for l in range(1, self.n_layers):
-            z = torch.baddbmm(b[l].unsqueeze(1), torch.relu(z), W[l].transpose(1, 2))
+            z = _affine(torch.relu(z), W[l], b[l])
         return z
 
     def forward_loss(self, P, groups, xs, y):
@@ -243,15 +274,17 @@ class StackedMLP:
         ``groups``: ``[(a, e), ...]`` member ranges that share a minibatch; ``xs``: the
         minibatch inputs ``(B, n0)`` of each group; ``y``: labels ``(M, B)``.
         """
-        W, b = P[0::2], P[1::2]
+        W, b = self.weights(P), self.biases(P)
         M, B, n0, w1 = W[0].shape[0], y.shape[1], self.dims[0], self.dims[1]
         parts = [torch.mm(x, W[0][a:e].reshape(-1, n0).t()) for (a, e), x in zip(groups, xs)]
-        z = torch.cat(parts, dim=1).view(B, M, w1).transpose(0, 1) + b[0].unsqueeze(1)
+        z = torch.cat(parts, dim=1).view(B, M, w1).transpose(0, 1)
+        if b[0] is not None:
+            z = z + b[0].unsqueeze(1)
         hs = [None]
         for l in range(1, self.n_layers):
             h = torch.relu(z)
             hs.append(h)
-            z = torch.baddbmm(b[l].unsqueeze(1), h, W[l].transpose(1, 2))
+            z = _affine(h, W[l], b[l])
         logp = torch.log_softmax(z, dim=2)
         yy = y.unsqueeze(2)
         loss = -logp.gather(2, yy).squeeze(2).mean(1)
@@ -261,7 +294,7 @@ class StackedMLP:
         """Gradients of the mean cross-entropy, one per parameter (None for a frozen input
         layer); members with ``keep`` False get exact zeros."""
         P, groups, xs, yy, hs, logp = ctx
-        W = P[0::2]
+        W, k = self.weights(P), self.per_layer
         M, B, n0, w1 = W[0].shape[0], yy.shape[1], self.dims[0], self.dims[1]
         # d loss / d logits = (softmax - onehot) / B, as autograd computes it
         inv_b = 1.0 / B
@@ -270,14 +303,16 @@ class StackedMLP:
         g = torch.where(keep.view(M, 1, 1), g, 0.0)
         grads: list = [None] * len(P)
         for l in range(self.n_layers - 1, 0, -1):
-            grads[2 * l] = torch.bmm(g.transpose(1, 2), hs[l])
-            grads[2 * l + 1] = g.sum(1)
+            grads[k * l] = torch.bmm(g.transpose(1, 2), hs[l])
+            if self.bias:
+                grads[k * l + 1] = g.sum(1)
             g = _relu_backward(torch.bmm(g, W[l]), hs[l])  # ReLU'(z) = 1[h > 0], as autograd
         if self.train_input:
             dW = [torch.mm(g[a:e].transpose(0, 1).reshape(B, (e - a) * w1).t(), x)
                   .view(e - a, w1, n0) for (a, e), x in zip(groups, xs)]
             grads[0] = torch.cat(dW) if len(dW) > 1 else dW[0]
-            grads[1] = g.sum(1)
+            if self.bias:
+                grads[1] = g.sum(1)
         return grads
 
 
@@ -431,12 +466,12 @@ class Trainer:
     @property
     def W(self) -> list[torch.Tensor]:
         """Weights of a :class:`StackedMLP`, ``(M, out, in)`` per layer."""
-        return self.P[0::2]
+        return self.net.weights(self.P)
 
     @property
     def b(self) -> list[torch.Tensor]:
-        """Biases of a :class:`StackedMLP`, ``(M, out)`` per layer."""
-        return self.P[1::2]
+        """Biases of a :class:`StackedMLP`, ``(M, out)`` per layer (``None`` without biases)."""
+        return self.net.biases(self.P)
 
     # ------------------------------------------------------------------ members
     def add_stream(self, key, order: torch.Tensor) -> None:
@@ -608,7 +643,8 @@ class Trainer:
         for a, e, _, start in self._groups:
             if start == self.gstep:  # first step of these members: record loss0
                 self.loss0[a:e] = l64[a:e]
-                lim = l64[a:e] * self.rules.blowup_factor
+                f = self.rules.blowup_factor  # None: every finite loss is below the limit
+                lim = l64[a:e] * f if f is not None else torch.full_like(l64[a:e], _F64_MAX)
                 self.limit[a:e] = torch.where(torch.isfinite(l64[a:e]), lim, -math.inf)
         bad = ~(l64 <= self.limit)  # NaN, +inf, blowup (and any loss after a non-finite loss0)
         seen = self.active & torch.isfinite(l64)
@@ -737,9 +773,10 @@ def trainer_for(cfg: TrialConfig, data: Dataset | None = None,
                 device: str | torch.device = "cpu", generic: bool = False,
                 **options) -> Trainer:
     """The :class:`Trainer` of eta* trials of ``cfg`` (MLP, mean cross-entropy, the fixed
-    validation subset, :class:`StopRules` of ``cfg``, seed-derived initialisation and data
-    order). ``generic``: gradients through :class:`StackedModule` (``torch.func``) instead of
-    the hand-written :class:`StackedMLP` (same trials; ``make bench`` compares their speed).
+    validation subset, :class:`StopRules` of ``cfg``, seed-derived initialisation with
+    ``cfg``'s ``bias`` and ``readout_gain``, and data order). ``generic``: gradients through
+    :class:`StackedModule` (``torch.func``) instead of the hand-written :class:`StackedMLP`
+    (same trials; ``make bench`` compares their speed).
     ``options`` go to :class:`Trainer` (``record_curve``, ``max_members``, ...).
     Raises ``TypeError`` if ``cfg`` is not a :class:`milr.config.TrialConfig`."""
     if not isinstance(cfg, TrialConfig):
@@ -747,10 +784,11 @@ def trainer_for(cfg: TrialConfig, data: Dataset | None = None,
     data = load_dataset(cfg.dataset) if data is None else data
     xv, yv = val_subset(data, cfg.n_val)
     dims = [data.input_dim] + [cfg.width] * cfg.depth + [data.n_classes]
-    net = StackedMLP(dims, train_input=cfg.input_lr_scale > 0)
+    net = StackedMLP(dims, train_input=cfg.input_lr_scale > 0, **network_options(cfg))
     if generic:
         net = StackedModule(make_mlp(dims[0], cfg.width, cfg.depth, dims[-1], 0,
-                                     torch_dtype(cfg.dtype), device), F.cross_entropy, net.init)
+                                     torch_dtype(cfg.dtype), device, **network_options(cfg)),
+                            F.cross_entropy, net.init)
     tr = Trainer(net, data.x_train, data.y_train, xv, yv, StopRules.of(cfg),
                  layer_lr_scales(cfg.depth, cfg.input_lr_scale),
                  dtype=torch_dtype(cfg.dtype), device=device, batch_size=cfg.batch_size,

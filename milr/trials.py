@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .config import network_options
 from .plotting import plain_log_ticks
 from .presets import get_preset
 from .search import EtaStarResult
@@ -227,12 +228,14 @@ def preset_configs(preset: str, dataset: str, depth: int, width: int, seed: int,
                    trial: dict | None = None) -> tuple[Any, Any]:
     """``(eta* task, sharpness task)`` of one network under ``preset``'s trial, search and
     sharpness settings (``trial`` overrides trial fields, e.g. ``{"input_lr_scale": 1.0}``).
-    The sharpness task uses the trial's ``input_lr_scale`` for its effective lambda_1."""
+    The sharpness task uses the trial's ``input_lr_scale`` for its effective lambda_1 and
+    the trial's network (``readout_gain``, ``bias``)."""
     P = get_preset(preset)
     tr = {**P["trial"], **(trial or {})}
     (task,) = eta_star_tasks([dataset], [depth], [width], [seed], tr, P["search"],
                              min_width_over_depth=0)
-    opts = {**P.get("sharpness", {}), "input_lr_scale": task.trial.input_lr_scale}
+    opts = {**P.get("sharpness", {}), "input_lr_scale": task.trial.input_lr_scale,
+            **network_options(task.trial)}
     (stask,) = sharpness_tasks([dataset], [depth], [width], [seed], min_width_over_depth=0,
                                **opts)
     return task, stask

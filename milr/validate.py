@@ -35,8 +35,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import (SearchConfig, TrialConfig, check_datasets, check_device, check_float,
-                     check_int_list, check_seeds, field_names)
+from .config import (NETWORK_DEFAULTS, SearchConfig, TrialConfig, check_datasets, check_device,
+                     check_float, check_int_list, check_seeds, field_names)
 from .presets import get_preset
 from .sharpness import sharpness_tasks
 from .sweep import eta_star_tasks, unique_tasks
@@ -144,10 +144,9 @@ def sweep_spec(mapping: dict, source: str | os.PathLike | None = None) -> SweepS
         if kind == "eta_star":
             sections = {"trial": base.get("trial", {}), "search": base.get("search", {}),
                         "options": {}}
-        else:  # lambda_1 of the same networks: the trials' input-layer rate factor
-            opts = {}
-            if "input_lr_scale" in base.get("trial", {}):
-                opts["input_lr_scale"] = base["trial"]["input_lr_scale"]
+        else:  # lambda_1 of the same networks: the trials' input-layer rate and network
+            opts = {k: base["trial"][k] for k in ("input_lr_scale", *NETWORK_DEFAULTS)
+                    if k in base.get("trial", {})}
             opts.update(base.get("sharpness", {}) or {})
             sections = {"trial": {}, "search": {}, "options": opts}
         for sec, default in sections.items():

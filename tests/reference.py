@@ -32,13 +32,16 @@ def _accuracy(model, x, y) -> tuple[float, bool]:
 
 def reference_trial(cfg: TrialConfig, eta: float, seed: int, data: Dataset,
                     record_curve: bool = False, model=None) -> TrialResult:
-    """One trial by ``torch.optim.SGD`` (``model``, if given, is trained in place)."""
+    """One trial by ``torch.optim.SGD`` (``model``, if given, is trained in place); the network
+    has ``cfg.bias`` and ``cfg.readout_gain``, and ``cfg.blowup_factor=None`` leaves only
+    the non-finite rules."""
     dtype = torch_dtype(cfg.dtype)
     xtr, ytr = data.x_train.to(dtype), data.y_train
     xv, yv = val_subset(data, cfg.n_val)
     xv = xv.to(dtype)
     if model is None:
-        model = make_mlp(data.input_dim, cfg.width, cfg.depth, data.n_classes, seed, dtype)
+        model = make_mlp(data.input_dim, cfg.width, cfg.depth, data.n_classes, seed, dtype,
+                         bias=cfg.bias, readout_gain=cfg.readout_gain)
     opt = torch.optim.SGD(param_groups(model, eta, cfg.input_lr_scale), lr=eta, momentum=0.0)
     order = batch_indices(len(ytr), cfg.batch_size, cfg.step_budget, seed)
     loss0 = best = final = math.nan
@@ -53,7 +56,7 @@ def reference_trial(cfg: TrialConfig, eta: float, seed: int, data: Dataset,
         if not math.isfinite(lv):
             reason, steps = "diverged_nonfinite", step
             break
-        if lv > cfg.blowup_factor * loss0:
+        if cfg.blowup_factor is not None and lv > cfg.blowup_factor * loss0:
             reason, steps = "diverged_blowup", step
             break
         opt.zero_grad(set_to_none=True)
