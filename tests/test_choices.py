@@ -36,7 +36,7 @@ def test_quick_grid_counts_and_one_field_changed_per_part():
     s = p["choices"]
     parts = figure_tasks(p, "choices")
     n_net = sum(1 for d in s["depths"] for w in s["widths"] if w >= d) * len(s["seeds"])
-    assert n_net == 24
+    assert n_net == 16
     assert len(parts["default"]) == len(p["datasets"]) * n_net
     want = {choice_part_label(f, v) for f, vs in s["alternatives"].items() for v in vs}
     assert set(parts) == {"default"} | want
@@ -56,9 +56,10 @@ def test_quick_grid_counts_and_one_field_changed_per_part():
         n_ds = sum(1 for d in p["datasets"]
                    if not (field == "n_val" and int(label.split("=")[1]) > SPLIT_SIZES[d][1]))
         assert len(tasks) == n_ds * n_net, label
-    # the MNIST 5k subset has 1000 validation rows: no n_val=2000 there, n_val=500 kept
-    assert {t.trial.dataset for t in parts["n_val=2000"]} == {"fashion-mnist", "gaussian"}
-    assert "mnist-5k" in {t.trial.dataset for t in parts["n_val=500"]}
+    assert {t.trial.dataset for t in parts["n_val=500"]} == set(p["datasets"])
+    assert {t.trial.readout_gain for t in parts["readout_gain=2"]} == {2.0}
+    assert {t.trial.bias for t in parts["bias=false"]} == {False}
+    assert {t.trial.blowup_factor for t in parts["blowup_factor=none"]} == {None}
 
 
 def test_quick_defaults_are_the_main_figure_s_committed_records():
@@ -78,6 +79,10 @@ def test_a_value_equal_to_the_default_is_left_out():
     parts = figure_tasks(p, "choices")
     assert "batch_size=64" not in parts and len(parts["batch_size=32"]) == 4
     assert {t.trial.n_val for t in parts["n_val=none"]} == {SPLIT_SIZES["gaussian"][1]}
+    p["choices"]["alternatives"] = {"n_val": [5000, 100]}  # 5000 > the split: left out
+    assert "n_val=5000" not in figure_tasks(p, "choices")
+    p["choices"]["alternatives"] = {"batch_size": [p["trial"]["batch_size"], 32],
+                                    "n_val": [None]}
     p["trial"]["n_val"] = None  # now None is the default itself: left out
     assert "n_val=none" not in figure_tasks(p, "choices")
 
