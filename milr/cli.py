@@ -498,7 +498,8 @@ def cmd_trials(args) -> int:
     """The trials of one cached eta* search (read from the store; nothing is computed)."""
     _check_network_args(argparse.Namespace(depth=args.depth, width=args.width,
                                            seeds=[args.seed]))
-    overrides = {k: getattr(args, k) for k in ("threshold", "step_budget", "input_lr_scale")
+    overrides = {k: getattr(args, k) for k in ("threshold", "step_budget", "input_lr_scale",
+                                               "readout_gain", "bias", "blowup_factor")
                  if getattr(args, k) is not None}
     task, stask = preset_configs(args.preset, args.dataset, args.depth, args.width, args.seed,
                                  overrides)
@@ -682,6 +683,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SGD steps per trial (default: the preset's)")
     g.add_argument("--input-lr-scale", type=float, default=None,
                    help="input-layer learning-rate factor (default: the preset's)")
+    g.add_argument("--readout-gain", type=_NUMBER, default=None, metavar="X",
+                   help="read-out initialisation gain of the searched network (default: the "
+                        "preset's, 1)")
+    g.add_argument("--bias", action=argparse.BooleanOptionalAction, default=None,
+                   help="the searched network has biases (default: the preset's, yes)")
+    g.add_argument("--blowup-factor", type=_number_or_off, default=None, metavar="X|off",
+                   help="blow-up rule of its trials (default: the preset's, 100)")
     p.add_argument("--store", metavar="DIR", default=None,
                    help="results directory (default: the repository's data/results)")
     p.add_argument("--json", action="store_true",

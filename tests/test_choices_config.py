@@ -30,6 +30,7 @@ from milr.sharpness import SharpnessTask
 from milr.store import Store
 from milr.sweep import EtaStarTask, eta_star_tasks, load_results
 from milr.train import run_trial, run_trials, trainer_for
+from milr.trials import preset_configs
 from milr.validate import build_tasks, spec_from_preset, sweep_spec
 
 from reference import reference_trial
@@ -353,3 +354,19 @@ def test_scorecard_shows_the_left_out_count_next_to_alpha(tmp_path):
     assert (f.n_left_out, f.n_total) == (1, 4) and f.alpha == pytest.approx(0.5, abs=1e-9)
     assert ev.startswith("α = 0.50") and ev.endswith("; 1 of 4 searches never reached t: "
                                                       "left out"), ev
+
+
+def test_trials_command_finds_a_search_with_the_new_options(tmp_path, capsys):
+    store = Store(tmp_path)
+    opts = {"readout_gain": 2.0, "bias": False, "blowup_factor": None}
+    task, stask = preset_configs("smoke", "gaussian", 1, 16, 0, opts)
+    assert (task.trial.readout_gain, task.trial.bias, task.trial.blowup_factor) == (2.0, False,
+                                                                                     None)
+    assert (stask.readout_gain, stask.bias) == (2.0, False)  # lambda_1 of the same network
+    store.put(task.kind, task.record_config(), task.compute())
+    argv = ["trials", "--preset", "smoke", "--dataset", "gaussian", "--depth", "1", "--width",
+            "16", "--store", str(tmp_path)]
+    assert main(argv) == 1  # the preset's own network: not cached
+    capsys.readouterr()
+    assert main(argv + ["--readout-gain", "2", "--no-bias", "--blowup-factor", "off"]) == 0
+    assert str(store.path(task.kind, task.record_config())) in capsys.readouterr().out
