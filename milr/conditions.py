@@ -7,9 +7,9 @@ maximal learning rate later in training. This module holds what the figure noteb
 those statements share:
 
 * **grids** (:func:`figure_tasks`): the sweep tasks of each figure, built from the preset's
-  entries ``width_vs_depth``, ``input_lr``, ``threshold_budget`` and ``late_lr`` (see
-  :mod:`milr.presets`) on top of the preset's trial and search rules, so identical
-  configurations share their cached record with the main figure;
+  entries ``width_vs_depth``, ``input_lr``, ``threshold_budget``, ``late_lr`` and
+  ``choices`` (see :mod:`milr.presets`) on top of the preset's trial and search rules, so
+  identical configurations share their cached record with the main figure;
 * **fits per setting** (:func:`fit_table`) and **residuals from a reference fit**
   (:func:`reference_fit`, :func:`add_residuals`);
 * **where the law breaks** (:func:`law_breakdown`, :func:`breakdown_by_seed`): the smallest
@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
-from .config import check_float, check_int
-from .data import DEFAULT_THRESHOLDS
+from .config import SearchConfig, TrialConfig, check_float, check_int, field_names
+from .data import DEFAULT_THRESHOLDS, SPLIT_SIZES
 from .fit import PowerLawFit, fit_power_law
 from .late import late_lr_tasks
 from .presets import get_preset
@@ -43,10 +43,11 @@ __all__ = ["FIGURES", "figure_settings", "figure_tasks", "fit_table", "reference
            "add_residuals", "config_table", "law_breakdown", "breakdown_by_seed", "Breakdown",
            "input_term_share", "ntk_alpha", "eta_star_reference", "late_tasks",
            "run_condition_sweeps", "DEFAULT_TOLERANCE", "DEPTH_MARKERS", "depth_marker",
-           "setting_colors", "fmt_ratio", "forest_panel", "search_best_accuracy"]
+           "setting_colors", "fmt_ratio", "forest_panel", "search_best_accuracy",
+           "choice_section", "choice_value_text", "choice_part_label", "choice_default"]
 
 #: The figures of this module, in the order ``make data`` computes them.
-FIGURES = ("width_vs_depth", "input_lr", "threshold_budget", "late_lr")
+FIGURES = ("width_vs_depth", "input_lr", "threshold_budget", "late_lr", "choices")
 
 #: A point leaves the law when its eta* is more than this factor away from the reference fit
 #: (our choice: a factor 2 is several times the seeds' spread of about 10-30 %).
@@ -84,6 +85,11 @@ def figure_tasks(preset: dict, figure: str, datasets: Sequence[str] | None = Non
       ``"budget=<steps>"`` per step budget;
     * ``late_lr``: ``reference``, the eta* of the late grid (the warm-up rates come from it;
       the late tasks themselves need those results: :func:`late_tasks`).
+    * ``choices``: ``default`` (the preset's rules on the entry's reduced grid: the main
+      figure's records) and one part ``"<field>=<value>"`` per alternative of each choice in
+      the entry's ``alternatives`` (one field of the trial or search rules changed; a value
+      equal to a data set's default or above its validation split, for ``n_val``, is left out
+      there).
 
     ``datasets`` restricts the data sets (default: the entry's, else the preset's).
     """
@@ -109,10 +115,75 @@ def figure_tasks(preset: dict, figure: str, datasets: Sequence[str] | None = Non
         for b in s["step_budgets"]:
             out[f"budget={b}"] = _eta_tasks(ds, s["depths"], s["widths"], s["seeds"],
                                             {**trial, "step_budget": b}, search)
+    elif figure == "choices":
+        out["default"] = _eta_tasks(ds, s["depths"], s["widths"], s["seeds"], trial, search)
+        for name, values in s["alternatives"].items():
+            section = choice_section(name)
+            for v in values:
+                label = choice_part_label(name, v)
+                for d in ds:
+                    if name == "n_val" and v is not None and v > SPLIT_SIZES[d][1]:
+                        continue  # more rows than the split has: not this data set's choice
+                    t2, s2 = dict(trial), dict(search)
+                    (t2 if section == "trial" else s2)[name] = v
+                    tasks = _eta_tasks([d], s["depths"], s["widths"], s["seeds"], t2, s2)
+                    if not tasks:
+                        continue
+                    t0 = tasks[0]
+                    dflt = _eta_tasks([d], [t0.trial.depth], [t0.trial.width], [t0.seed],
+                                      trial, search)[0]
+                    if t0.record_config() == dflt.record_config():
+                        continue  # the default itself on this data set (e.g. n_val=None)
+                    out.setdefault(label, []).extend(tasks)
     else:  # late_lr
         out["reference"] = _eta_tasks(ds, s["depths"], s["widths"], s["reference_seeds"],
                                       trial, search)
     return out
+
+
+def choice_section(name: str) -> str:
+    """``"trial"`` or ``"search"``: which configuration holds the choice ``name`` (a field of
+    :class:`milr.config.TrialConfig` or :class:`milr.config.SearchConfig`); ``ValueError``
+    for any other name (the grid axes dataset, depth, width are not choices)."""
+    if name in ("dataset", "depth", "width"):
+        raise ValueError(f"choice {name!r} is a grid axis, not a choice")
+    if name in field_names(TrialConfig):
+        return "trial"
+    if name in field_names(SearchConfig):
+        return "search"
+    allowed = [f for f in field_names(TrialConfig) + field_names(SearchConfig)
+               if f not in ("dataset", "depth", "width")]
+    raise ValueError(f"choice {name!r} is not a field of TrialConfig or SearchConfig; "
+                     f"allowed: {', '.join(allowed)}")
+
+
+def choice_value_text(value) -> str:
+    """A choice's value as it appears in part labels and tables: numbers as ``%g``, ``None``
+    as ``none``, strings as they are."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return f"{value:g}"
+    return str(value)
+
+
+def choice_part_label(name: str, value) -> str:
+    """The part label of one alternative of the ``choices`` grid, ``"<field>=<value>"``
+    (e.g. ``"batch_size=128"``); the defaults' part is ``"default"``."""
+    return f"{name}={choice_value_text(value)}"
+
+
+def choice_default(preset: dict, name: str):
+    """The preset's value of choice ``name``: its trial or search rules, else the
+    configuration class's default (``TrialConfig``/``SearchConfig``)."""
+    section = choice_section(name)
+    given = preset[section]
+    if name in given:
+        return given[name]
+    cls = TrialConfig if section == "trial" else SearchConfig
+    return {f.name: f.default for f in fields(cls)}[name]
 
 
 def eta_star_reference(df: pd.DataFrame) -> dict:

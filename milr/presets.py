@@ -72,6 +72,16 @@ _CONDITIONS = {
                     "reference_seeds": [0, 1, 2], "warmup_fraction": 0.1,
                     "late": {"warmup_steps": 400, "trial_steps": 200, "delta": 0.02,
                              "window": 4, "n_subset": 1000, "sharpness_tol": 1e-4}},
+        # our choices (milr.choices): one field changed at a time from the preset's rules on
+        # a reduced grid; the defaults' records are the main figure's. A value above a data
+        # set's validation split is left out there. One alternative per choice and widths 32,
+        # 128 only: what fits the CPU budget of a shared 2-core machine (widths >= 256 are most
+        # of a search's time). readout_gain 2: He initialisation of the read-out too; bias
+        # False: no biases; blowup_factor None: only non-finite losses stop a trial.
+        "choices": {"depths": [1, 2, 4, 8], "widths": [32, 128], "seeds": [0, 1],
+                    "alternatives": {"readout_gain": [2.0], "bias": [False],
+                                     "blowup_factor": [None], "eval_every": [50],
+                                     "n_val": [500], "batch_size": [32], "tol": [0.2]}},
     },
     "paper": {
         "width_vs_depth": {"depths": [4, 8, 16, 32, 64], "widths": [16, 32, 64, 128],
@@ -90,6 +100,11 @@ _CONDITIONS = {
                     "warmup_fraction": 0.1,
                     "late": {"warmup_steps": 938, "trial_steps": 400, "delta": 0.02,
                              "window": 8, "n_subset": 2048, "sharpness_tol": 1e-5}},
+        "choices": {"depths": [1, 2, 4, 8], "widths": [32, 128, 512, 2048], "seeds": [0, 1, 2],
+                    "alternatives": {"readout_gain": [2.0], "bias": [False],
+                                     "blowup_factor": [None], "eval_every": [10, 50],
+                                     "n_val": [1000, 2000], "batch_size": [32, 128],
+                                     "tol": [0.02, 0.1]}},
     },
     "smoke": {
         "width_vs_depth": {"depths": [2, 8], "widths": [4, 16], "seeds": [0],
@@ -102,6 +117,10 @@ _CONDITIONS = {
                     "warmup_fraction": 0.1,
                     "late": {"warmup_steps": 60, "trial_steps": 40, "delta": 0.02,
                              "window": 2, "n_subset": 100, "sharpness_tol": 1e-3}},
+        "choices": {"depths": [1, 2], "widths": [16, 32], "seeds": [0],
+                    "alternatives": {"readout_gain": [2.0], "bias": [False],
+                                     "blowup_factor": [None], "eval_every": [10],
+                                     "n_val": [100], "batch_size": [32], "tol": [0.3]}},
     },
 }
 for _name, _entries in _CONDITIONS.items():

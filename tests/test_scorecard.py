@@ -12,7 +12,8 @@ from milr.fit import PowerLawFit
 from milr.scorecard import (CLAIMS, NO_DATA, NOT_ENOUGH_DATA, NOT_SUPPORTED, PARTLY, RULES, SUPPORTED,
                             collect_scorecard, fmt_fit, intervals_overlap, scorecard_figure,
                             to_markdown, verdict_input_lr, verdict_late, verdict_power_law,
-                            verdict_robustness, verdict_sharpness_bounds,
+                            verdict_choice, verdict_choices, verdict_robustness,
+                            verdict_sharpness_bounds,
                             verdict_sharpness_relation, verdict_width_depth)
 
 
@@ -99,6 +100,28 @@ def test_sharpness_rules():
     assert verdict_robustness(None, [dflt]) == NO_DATA
 
 
+def test_choice_rule_on_known_fits():
+    """Robustness to one choice: inside the default's interval -> supported; outside but
+    overlapping -> partly; disjoint -> not supported; lost fits are not scored."""
+    dflt = fit(0.62, 0.55, 0.69, 0.9)
+    assert verdict_choice(dflt, [fit(0.69, 0.6, 0.8, 0.9), fit(0.55, 0.3, 0.7, 0.5)]) \
+        == SUPPORTED  # bounds inclusive
+    assert verdict_choice(dflt, [fit(0.60, 0.5, 0.7, 0.9), fit(0.71, 0.65, 0.8, 0.9)]) \
+        == PARTLY  # 0.71 outside [0.55, 0.69], its interval [0.65, 0.8] overlaps
+    assert verdict_choice(dflt, [fit(0.60, 0.5, 0.7, 0.9), fit(0.80, 0.70, 0.9, 0.9)]) \
+        == NOT_SUPPORTED  # [0.70, 0.90] is disjoint from [0.55, 0.69]
+    lost = PowerLawFit(1.5, 0.0, 1.4, 1.6, 1.0, 6, 6, 0.95)
+    assert verdict_choice(dflt, [lost, fit(0.6, 0.5, 0.7, 0.9)]) == SUPPORTED
+    assert verdict_choice(dflt, [lost]) == NO_DATA
+    assert verdict_choice(None, [dflt]) == NO_DATA
+    assert verdict_choice(fit(NAN, NAN, NAN, NAN), [dflt]) == NO_DATA
+    assert verdict_choices([SUPPORTED, SUPPORTED, NO_DATA]) == SUPPORTED
+    assert verdict_choices([SUPPORTED, PARTLY]) == PARTLY
+    assert verdict_choices([PARTLY, NOT_SUPPORTED, SUPPORTED]) == NOT_SUPPORTED
+    assert verdict_choices([NO_DATA]) == NO_DATA and verdict_choices([]) == NO_DATA
+    assert "robustness to each of our other choices" in RULES
+
+
 def test_theta_rule_on_known_laws():
     """lambda_1 = Theta(d w): a linear law with seed noise passes, a power 0.6 (the plain
     Hessian's slope on Fashion-MNIST) leaves the factor-2 band on the larger networks."""
@@ -170,7 +193,7 @@ def synthetic_store(tmp_path):
     store = Store(tmp_path / "results")
     p = get_preset("smoke")
     rng = np.random.default_rng(0)
-    for fig in ("width_vs_depth", "input_lr", "threshold_budget", "late_lr"):
+    for fig in ("width_vs_depth", "input_lr", "threshold_budget", "late_lr", "choices"):
         for part, tasks in figure_tasks(p, fig).items():
             for t in tasks:
                 dw, ratio = t.trial.depth * t.trial.width, t.trial.depth / t.trial.width
@@ -201,7 +224,8 @@ def test_collect_scorecard_from_synthetic_records(synthetic_store):
     assert list(table.claim_id) == [c for c, _, _ in CLAIMS]  # one data set: one row each
     v = dict(zip(table.claim_id, table.verdict))
     assert v == {"1": SUPPORTED, "1 (i)": SUPPORTED, "1 (ii)": SUPPORTED, "2": SUPPORTED,
-                 "3": SUPPORTED, "4": SUPPORTED, "ours": SUPPORTED}
+                 "3": SUPPORTED, "4": SUPPORTED, "ours": SUPPORTED,
+                 "ours (choices)": SUPPORTED}
     assert numbers["1"]["gaussian"].alpha == pytest.approx(0.5, abs=1e-9)
     b = numbers["1 (i)"]["gaussian"]["breakdown"]
     assert (b.ratio, b.last_ok) == (0.5, 0.125)
