@@ -397,18 +397,25 @@ def verdict_sharpness_bounds(theta: ThetaTest | None) -> str:
     return PARTLY if share >= THETA_PARTLY else NOT_SUPPORTED
 
 
-def verdict_robustness(default, others: Iterable, min_used: float = 2 / 3) -> str:
-    """Robustness rule (module docstring): ``default`` is the fit at the default threshold
-    and budget, ``others`` the fits under the other settings; a fit with ``n_used <
-    min_used x (n_used + n_dropped)`` is not scored."""
+def _scored(default, others: Iterable, min_used: float):
+    """The fits of ``others`` a robustness rule scores (finite alpha, at least ``min_used`` of
+    their searches reached t), or the verdict string when there is nothing to score."""
     if _no_fit(default):
         return _no_fit(default)
     if not _finite(default.alpha, default.alpha_lo, default.alpha_hi):
         return NO_DATA
     scored = [f for f in others if f is not None and _finite(f.alpha)
               and f.n_used >= min_used * (f.n_used + f.n_dropped)]
-    if not scored:
-        return NO_DATA
+    return scored or NO_DATA
+
+
+def verdict_robustness(default, others: Iterable, min_used: float = 2 / 3) -> str:
+    """Robustness rule (module docstring): ``default`` is the fit at the default threshold
+    and budget, ``others`` the fits under the other settings; a fit with ``n_used <
+    min_used x (n_used + n_dropped)`` is not scored."""
+    scored = _scored(default, others, min_used)
+    if isinstance(scored, str):
+        return scored
     inside = sum(default.alpha_lo <= f.alpha <= default.alpha_hi for f in scored)
     if inside == len(scored):
         return SUPPORTED
@@ -420,14 +427,9 @@ def verdict_choice(default, others: Iterable, min_used: float = 2 / 3) -> str:
     default rules, ``others`` the fits with the choice changed (anything with alpha,
     alpha_lo, alpha_hi, n_used, n_dropped); a fit with ``n_used < min_used x (n_used +
     n_dropped)`` is not scored. ``no data`` without a default or a scored alternative."""
-    if _no_fit(default):
-        return _no_fit(default)
-    if not _finite(default.alpha, default.alpha_lo, default.alpha_hi):
-        return NO_DATA
-    scored = [f for f in others if f is not None and _finite(f.alpha)
-              and f.n_used >= min_used * (f.n_used + f.n_dropped)]
-    if not scored:
-        return NO_DATA
+    scored = _scored(default, others, min_used)
+    if isinstance(scored, str):
+        return scored
     if all(default.alpha_lo <= f.alpha <= default.alpha_hi for f in scored):
         return SUPPORTED
     if all(intervals_overlap((default.alpha_lo, default.alpha_hi), (f.alpha_lo, f.alpha_hi))

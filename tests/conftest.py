@@ -15,3 +15,12 @@ def tmp_store(tmp_path):
 
     return Store(tmp_path / "results")
 
+
+@pytest.fixture
+def one_thread():
+    """One torch thread (``pytestmark = pytest.mark.usefixtures("one_thread")``): small
+    products are fastest so, and a loaded 2-core machine suffers from two spinning pools."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -44,12 +44,7 @@ SHARP_RECORD = "sharpness/fashion-mnist_d1_w1024_s0_61ff7555742d68868189.json"
 LATE_RECORD = "late_lr/fashion-mnist_d1_w128_s0_9595e2bdaeb88cc7ce1a.json"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -32,12 +32,7 @@ from milr.train import StackedModule, val_subset  # noqa: E402
 from milr.trials import plot_trials, trial_table  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

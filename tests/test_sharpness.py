@@ -24,14 +24,7 @@ from milr.sharpness import (LossHessian, SharpnessTask, arpack_top_eigenvalue,
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: small products are fastest so, and a loaded 2-core CI machine does
-    not suffer from oversubscribed thread pools."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 # -- float64 oracles --------------------------------------------------------------------------

@@ -22,13 +22,7 @@ from milr.theory import (depth_profile, empirical_ntk, empirical_ntk_diagonal,
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread (fast for these sizes; no oversubscription on a loaded CI machine)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 # -- arc-cosine closed forms ------------------------------------------------------------------
