@@ -90,7 +90,7 @@ def choice_name(field: str) -> str:
 def value_label(field: str, value) -> str:
     """A choice's value for readers: ``n_val`` None is the whole split, ``blowup_factor``
     None is "off (non-finite only)", factors read ``100×``; ``readout_gain`` g reads
-    ``g/fan_in``, ``bias`` False "none"; others as
+    ``g/fan_in``, ``bias`` False "no biases"; others as
     :func:`milr.conditions.choice_value_text`."""
     if field == "blowup_factor":
         if value is None or value == "off":
@@ -101,7 +101,7 @@ def value_label(field: str, value) -> str:
     if field == "readout_gain" and isinstance(value, (int, float)):
         return f"{choice_value_text(value)}/fan_in"
     if field == "bias" and isinstance(value, bool):
-        return "zero-initialised, trained" if value else "none"
+        return "zero-initialised, trained" if value else "no biases"
     return choice_value_text(value)
 
 
@@ -218,7 +218,9 @@ def choice_table(df: pd.DataFrame, preset: dict | None = None, n_boot: int = 100
 # ------------------------------------------------------------------------------ text
 
 def _signed(x: float) -> str:
-    return "n/a" if not np.isfinite(x) else f"{x:+.2f}".replace("-", "−")
+    if not np.isfinite(x):
+        return "n/a"
+    return f"{round(x, 2) + 0.0:+.2f}".replace("-", "−")  # + 0.0: no "−0.00"
 
 
 def effect_text(table: pd.DataFrame, choice: str) -> str:
