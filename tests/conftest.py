@@ -24,3 +24,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def gauss():
+    """The Gaussian task (milr.data.load_dataset("gaussian"))."""
+    from milr.data import load_dataset
+
+    return load_dataset("gaussian")

@@ -13,6 +13,7 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.func import functional_call
 
 from milr.config import SearchConfig, TrialConfig
 from milr.data import Dataset
@@ -176,3 +177,28 @@ class FunctionBatch:
 def algorithm1(success, search: SearchConfig) -> EtaStarResult:
     """The library's search as Algorithm 1 (k = 1, one trial at a time) on a function."""
     return k_section(FunctionBatch(success), search, [0], 1, 1, sequential=True)[0]
+
+
+def dense_hessian(model, x, y) -> np.ndarray:
+    """torch.autograd.functional.hessian of the mean cross-entropy in the flat parameters."""
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    def loss(theta):
+        params, i = {}, 0
+        for n, s in zip(names, shapes):
+            k = math.prod(s)
+            params[n] = theta[i:i + k].view(s)
+            i += k
+        return F.cross_entropy(functional_call(model, params, (x,)), y)
+
+    return torch.autograd.functional.hessian(loss, flat, vectorize=True).numpy()
+
+
+def small_cfg(**kw) -> TrialConfig:
+    """A small Gaussian configuration whose trials end in every way within 40 steps."""
+    base = dict(dataset="gaussian", depth=2, width=16, threshold=0.85, batch_size=64,
+                step_budget=40, eval_every=10, n_val=200, input_lr_scale=0.1)
+    base.update(kw)
+    return TrialConfig(**base)

@@ -20,7 +20,6 @@ from milr.cli import main
 from milr.conditions import late_tasks
 from milr.config import (NETWORK_DEFAULTS, TrialConfig, check_blowup_factor, config_key,
                          drop_network_defaults)
-from milr.data import load_dataset
 from milr.fit import fit_power_law
 from milr.late import LateLRTask
 from milr.models import make_mlp
@@ -45,11 +44,6 @@ LATE_RECORD = "late_lr/fashion-mnist_d1_w128_s0_9595e2bdaeb88cc7ce1a.json"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
-
-
-@pytest.fixture(scope="module")
-def gauss():
-    return load_dataset("gaussian")
 
 
 def committed(rel: str) -> dict:

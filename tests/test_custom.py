@@ -16,7 +16,6 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
-from torch.func import functional_call  # noqa: E402
 
 import milr  # noqa: E402
 import milr.custom as custom  # noqa: E402
@@ -30,6 +29,7 @@ from milr.sharpness import sharpness  # noqa: E402
 from milr.store import Store  # noqa: E402
 from milr.train import StackedModule, val_subset  # noqa: E402
 from milr.trials import plot_trials, trial_table  # noqa: E402
+from reference import dense_hessian  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
@@ -381,22 +381,6 @@ def test_sharpness_of_the_mlp_is_the_builtin_sharpness():
     assert set(r.to_dict()) >= {"lambda_1", "lambda_1_eff", "lambda_1_eff_converged"}
 
 
-def _dense(model, x, y):
-    names = [n for n, _ in model.named_parameters()]
-    shapes = [p.shape for p in model.parameters()]
-    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-
-    def loss(theta):
-        params, i = {}, 0
-        for n, s in zip(names, shapes):
-            k = math.prod(s)
-            params[n] = theta[i:i + k].view(s)
-            i += k
-        return F.cross_entropy(functional_call(model, params, (x,)), y)
-
-    return torch.autograd.functional.hessian(loss, flat).numpy()
-
-
 def _top(a):
     return float(np.linalg.eigvalsh(0.5 * (a + a.T))[-1])
 
@@ -414,7 +398,7 @@ def test_sharpness_of_any_module_matches_the_dense_float64_hessian(kind):
         x = torch.randn(8, 1, 5, 5, dtype=torch.float64)
         y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
         mults = {"0": 0.1, "3.bias": 3.0}
-    h = _dense(model, x, y)
+    h = dense_hessian(model, x, y)
     r = sharpness_of(model, x, y, mults, tol=1e-10)
     p = np.concatenate([np.full(q.numel(), parameter_multipliers(model, mults)[n])
                         for n, q in model.named_parameters()])

@@ -9,11 +9,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from milr.config import SearchConfig, TrialConfig
-from milr.data import load_dataset
 from milr.search import eta_star, k_section, kpoints, non_interval, scan_points
 from milr.train import TrialResult, step_flops
 
-from reference import algorithm1, reference_bisection, reference_trial
+from reference import algorithm1, reference_bisection, reference_trial, small_cfg
 
 
 def eta_star_single(success, search):
@@ -127,18 +126,6 @@ def test_real_search_on_gaussian_brackets_a_real_transition():
     assert res.status == "converged"
     by_eta = {t["eta"]: t["success"] for t in res.trials}
     assert by_eta[res.bracket_lo] is True and by_eta[res.bracket_hi] is False
-
-
-@pytest.fixture(scope="module")
-def gauss():
-    return load_dataset("gaussian")
-
-
-def small_cfg(**kw):
-    base = dict(dataset="gaussian", depth=2, width=16, threshold=0.85, batch_size=64,
-                step_budget=40, eval_every=10, n_val=200, input_lr_scale=0.1)
-    base.update(kw)
-    return TrialConfig(**base)
 
 
 def same_float(a, b):

@@ -21,6 +21,8 @@ from milr.sharpness import (LossHessian, SharpnessTask, arpack_top_eigenvalue,
                             power_iteration_top_eigenvalue, sharpness, sharpness_subset,
                             sharpness_tasks, top_eigenvalue)
 
+from reference import dense_hessian  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -36,23 +38,6 @@ def tiny_problem(depth=2, width=8, n0=5, n_classes=3, n=7, seed=0):
     x = torch.randn(n, n0, generator=g, dtype=torch.float64)
     y = torch.randint(0, n_classes, (n,), generator=g)
     return model, x, y
-
-
-def dense_hessian(model, x, y) -> np.ndarray:
-    """torch.autograd.functional.hessian of the mean cross-entropy in the flat parameters."""
-    names = [n for n, _ in model.named_parameters()]
-    shapes = [p.shape for p in model.parameters()]
-    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-
-    def loss(theta):
-        params, i = {}, 0
-        for n, s in zip(names, shapes):
-            k = math.prod(s)
-            params[n] = theta[i:i + k].view(s)
-            i += k
-        return F.cross_entropy(functional_call(model, params, (x,)), y)
-
-    return torch.autograd.functional.hessian(loss, flat, vectorize=True).numpy()
 
 
 def dense_gauss_newton(model, x, y) -> np.ndarray:

@@ -13,7 +13,7 @@ from milr.search import eta_star
 from milr.train import (TrialResult, accuracy, batch_indices, correct_fraction, run_trial,
                         run_trials, step_flops, trainer_for, val_subset)
 
-from reference import reference_trial
+from reference import reference_trial, small_cfg
 
 TrialBatch = trainer_for
 CUDA = torch.cuda.is_available()
@@ -131,18 +131,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def gauss():
-    return load_dataset("gaussian")
-
-
-def small_cfg(**kw):
-    base = dict(dataset="gaussian", depth=2, width=16, threshold=0.85, batch_size=64,
-                step_budget=40, eval_every=10, n_val=200, input_lr_scale=0.1)
-    base.update(kw)
-    return TrialConfig(**base)
 
 
 # Rates covering every outcome of the small Gaussian net in float64: too slow (budget, 0.3),
